@@ -1,0 +1,263 @@
+"""Component base classes and the tensor contract.
+
+Images are float32 tensors ``(N, 3, H, W)`` in [0, 1], in the tone-mapped domain the restorer
+sees. Perturbations live in that same domain, so ``eps = 8/255`` means what it means in every
+robustness paper. A component is a class with a stable lowercase ``name`` (its key in the
+database), a one-line docstring naming its source paper and a nested pydantic ``Params`` model
+validated when a tournament is planned.
+
+The base classes carry the plumbing (device, eval mode, clamping, projection, seeding); plugins
+carry the maths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from arena.data import UDCData
+    from arena.threat import Budget, Target
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+class Params(BaseModel):
+    """Base of every component's parameters: unknown fields are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def describe_validation_error(where: str, exc: ValidationError) -> str:
+    """Turn a pydantic error into one line naming the component, the field and what is allowed."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(params)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown parameter '{field}'")
+        else:
+            parts.append(f"'{field}' {err['msg'].lower()} (got {err.get('input')!r})")
+    return f"{where}: " + "; ".join(parts)
+
+
+class Component:
+    """Shared machinery: a name, validated parameters, a one-line description."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params | dict[str, Any] | None = None):
+        if not isinstance(params, Params):
+            params = self.validate(params or {})
+        self.params = params
+
+    @classmethod
+    def validate(cls, raw: dict[str, Any]) -> Params:
+        """Validate raw parameters, raising a ConfigError that names component and field."""
+        try:
+            return cls.Params(**raw)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(f"{cls.role()} '{cls.name}'", exc)) from None
+
+    @classmethod
+    def role(cls) -> str:
+        for base in (Restorer, Attack, Defense):
+            if issubclass(cls, base):
+                return base.__name__.lower()
+        return "component"
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def param_table(cls) -> dict[str, Any]:
+        """Field name -> default (or 'required'), for listings."""
+        return {
+            k: ("required" if f.is_required() else f.default)
+            for k, f in cls.Params.model_fields.items()
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Restorer
+# --------------------------------------------------------------------------------------------
+
+
+class Restorer(Component):
+    """Builds an ``nn.Module`` mapping ``lq`` (and a PSF kernel code if ``needs_psf``) to output.
+
+    The module's forward is ``forward(lq)`` or, for ``needs_psf`` restorers,
+    ``forward(lq, code)`` with ``code`` of shape ``(N, C)``.
+    """
+
+    kind: ClassVar[str] = "restorer"
+    needs_psf: ClassVar[bool] = False
+    #: Default weights: a safetensors file with a JSON manifest beside it, or None (no weights).
+    weights: ClassVar[str | Path | None] = None
+
+    def build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def load(self, device: str | torch.device = "cpu", weights: str | Path | None = None):
+        """Build the module, load its weights (safetensors only), put it in eval mode on device."""
+        from arena.weights import load_weights
+
+        model = self.build()
+        path = weights if weights is not None else self.weights
+        if path is not None:
+            load_weights(model, path)
+        model.eval().requires_grad_(False)
+        return model.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Attack
+# --------------------------------------------------------------------------------------------
+
+AttackKind = Literal["white-box", "score-based", "decision-free", "transfer"]
+Objective = Literal["mse", "mse_clean", "l1", "ssim"]
+
+
+class AttackParams(Params):
+    objective: Objective = Field(
+        "mse",
+        description="what the attack maximises: mse to ground truth, mse to the clean output, "
+        "l1 to ground truth, or 1 - ssim to ground truth",
+    )
+
+
+class Attack(Component):
+    """An attack: ``perturb(target, lq, hq, budget, generator) -> lq_adv``.
+
+    Subclasses implement ``perturb`` with the helpers below; ``run`` does the plumbing. The arena
+    verifies the returned batch itself, so nothing here silently clips a result into compliance
+    after ``perturb`` returns: ``project`` is for the attack's own iterations.
+    """
+
+    kind: ClassVar[AttackKind] = "white-box"
+    Params: ClassVar[type[Params]] = AttackParams
+
+    def perturb(
+        self,
+        target: Target,
+        lq: torch.Tensor,
+        hq: torch.Tensor,
+        budget: Budget,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run(self, target: Target, lq, hq, budget: Budget, generator: torch.Generator):
+        lq = lq.detach().to(target.device)
+        hq = hq.detach().to(target.device)
+        with torch.enable_grad():
+            x_adv = self.perturb(target, lq, hq, budget, generator)
+        return x_adv.detach()
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    @staticmethod
+    def project(x_adv: torch.Tensor, x: torch.Tensor, budget: Budget) -> torch.Tensor:
+        """Project onto the budget's ball around x, then onto the image range [0, 1]."""
+        delta = x_adv - x
+        if budget.norm == "linf":
+            delta = delta.clamp(-budget.eps, budget.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            factor = (budget.eps / norms).clamp(max=1.0)
+            delta = delta * factor.view(-1, 1, 1, 1)
+        return (x + delta).clamp(0.0, 1.0)
+
+    @staticmethod
+    def ascend(x: torch.Tensor, grad: torch.Tensor, step: float, budget: Budget) -> torch.Tensor:
+        """One steepest-ascent step of size ``step`` under the budget's norm."""
+        if budget.norm == "linf":
+            return x + step * grad.sign()
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return x + step * grad / norms
+
+    @staticmethod
+    def random_start(x: torch.Tensor, budget: Budget, generator: torch.Generator) -> torch.Tensor:
+        """A uniform draw from the budget's ball (L2: uniform in volume), inside [0, 1]."""
+        u = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
+        if budget.norm == "linf":
+            delta = (2 * u - 1) * budget.eps
+        else:
+            g = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            d = x[0].numel()
+            r = u.flatten(1)[:, :1].pow(1.0 / d).view(-1, 1, 1, 1)
+            delta = g * r * budget.eps
+        return (x + delta).clamp(0.0, 1.0)
+
+    @staticmethod
+    def keep_best(best_x, best_loss, x, loss):
+        """Per image, keep the iterate with the highest loss."""
+        better = loss > best_loss
+        best_x = torch.where(better.view(-1, 1, 1, 1), x, best_x)
+        return best_x, torch.maximum(loss, best_loss)
+
+
+# --------------------------------------------------------------------------------------------
+# Defense
+# --------------------------------------------------------------------------------------------
+
+GradientRule = Literal["exact", "bpda"]
+
+
+class Defense(Component):
+    """A defense: an input transform (``purify``), a weight change (``harden``), or both.
+
+    ``gradient`` declares how an adaptive attacker differentiates ``purify``: ``exact`` (it is
+    differentiable) or ``bpda`` (the backward pass uses ``approx``, identity by default).
+    ``random`` declares that repeated calls differ, so adaptive attacks use EOT over draws.
+    ``hardens`` declares that ``harden`` returns new restorer weights (built once per
+    restorer, defense and data, and cached by content hash).
+    """
+
+    kind: ClassVar[str] = "defense"
+    gradient: ClassVar[GradientRule] = "exact"
+    random: ClassVar[bool] = False
+    hardens: ClassVar[bool] = False
+
+    def purify(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x
+
+    def approx(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable stand-in for ``purify`` on the backward pass (BPDA)."""
+        return x
+
+    def harden(
+        self, restorer: Restorer, model: torch.nn.Module, data: UDCData, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Return the hardened restorer's state dict. Only called when ``hardens`` is True."""
+        raise NotImplementedError
+
+    @property
+    def transforms_input(self) -> bool:
+        return type(self).purify is not Defense.purify
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+__all__ = [
+    "Attack",
+    "AttackKind",
+    "AttackParams",
+    "Component",
+    "ConfigError",
+    "Defense",
+    "Field",
+    "Objective",
+    "Params",
+    "Restorer",
+]

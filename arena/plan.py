@@ -1,0 +1,184 @@
+"""Tournament config -> list of matches with stable keys; capability pruning.
+
+A match is plain data (component names and validated parameters), hashed to a stable key, so
+that workers rebuild components by name and a rerun recognises what is already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from arena.api import ConfigError, describe_validation_error
+from arena.plugins import Registry
+from arena.threat import Budget
+
+#: Datasets known to come without PSFs (real captured pairs).
+DATASETS_WITHOUT_PSF = {"poled", "toled"}
+
+
+class Spec(BaseModel):
+    """A component by name with its validated parameters, as plain data."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def label(self) -> str:
+        return self.name
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "embedded"
+    split: Literal["train", "test"] = "test"
+    root: str | None = None
+    images: int | None = Field(8, ge=1, le=100_000)
+    size: int = Field(32, ge=8, le=4096)
+    seed: int = 0
+
+
+class Tournament(BaseModel):
+    """The validated tournament config (TOML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "tournament"
+    seed: int = 0
+    threat_models: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
+    eot_samples: int = Field(4, ge=1, le=1000, description="EOT draws for random defenses (adaptive)")
+    data: DataSpec = DataSpec()
+    restorers: list[Any]
+    defenses: list[Any] = ["none"]
+    attacks: list[Any]
+    budgets: list[Budget] = [Budget()]
+    num_gpus: float = Field(0, ge=0, le=64, description="GPUs per match task; fractions allowed")
+    num_cpus: float = Field(1, gt=0, le=256, description="CPUs per worker")
+    workers: int | None = Field(None, ge=1, le=4096, description="parallel workers (default: as resources allow)")
+    timeout_s: float = Field(1800, gt=0, description="per-match timeout")
+    max_retries: int = Field(1, ge=0, le=10, description="retries of a match whose worker died")
+    samples_per_match: int = Field(2, ge=0, le=1000, description="images saved per match for the gallery")
+
+    @field_validator("restorers", "defenses", "attacks")
+    @classmethod
+    def _non_empty(cls, v):
+        if not v:
+            raise ValueError("must list at least one component")
+        return v
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    restorer: Spec
+    defense: tuple[Spec, ...]
+    attack: Spec
+    attack_kind: str
+    budget: Budget
+    threat: Literal["oblivious", "adaptive"]
+    eot: int
+    data: DataSpec
+    seed: int
+    status: Literal["planned", "skipped"] = "planned"
+    reason: str | None = None
+
+    @property
+    def defense_label(self) -> str:
+        return ">".join(s.name for s in self.defense)
+
+    @property
+    def key(self) -> str:
+        ident = self.model_dump(mode="json", exclude={"status", "reason", "attack_kind"})
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def label(self) -> str:
+        return (
+            f"{self.restorer.name} | {self.defense_label} | {self.attack.name} | "
+            f"{self.threat} {self.budget.label()}"
+        )
+
+
+def read_config(path: str | Path) -> Tournament:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(raw, where=str(path))
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> Tournament:
+    try:
+        return Tournament(**raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(where, exc)) from None
+
+
+def _as_dict(item: Any, role: str) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"name": item}
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return dict(item)
+    raise ConfigError(f"each {role} entry must be a name or a table with a 'name' (got {item!r})")
+
+
+def _spec(registry: Registry, role: str, raw: dict[str, Any]) -> Spec:
+    name, params = raw["name"], {k: v for k, v in raw.items() if k != "name"}
+    entry = registry.get(role, name)
+    validated = entry.cls.validate(params)
+    return Spec(name=name, params=validated.model_dump(mode="json"))
+
+
+def _chain(registry: Registry, raw: dict[str, Any]) -> tuple[Spec, ...]:
+    names = [n.strip() for n in raw["name"].split(">")]
+    if len(names) == 1:
+        return (_spec(registry, "defense", raw),)
+    extra = set(raw) - {"name"} - set(names)
+    if extra:
+        raise ConfigError(
+            f"defense chain '{raw['name']}': unknown key(s) {sorted(extra)}; parameters of a chain "
+            f"go in tables named after its links ({', '.join(names)})"
+        )
+    return tuple(_spec(registry, "defense", {"name": n, **raw.get(n, {})}) for n in names)
+
+
+def plan(t: Tournament, registry: Registry) -> list[Match]:
+    """Every threat × budget × restorer × defense × attack match, pruned by capability."""
+    restorers = [_spec(registry, "restorer", _as_dict(r, "restorer")) for r in t.restorers]
+    defenses = [_chain(registry, _as_dict(d, "defense")) for d in t.defenses]
+    attacks = [_spec(registry, "attack", _as_dict(a, "attack")) for a in t.attacks]
+    for role, specs in (("restorer", restorers), ("attack", attacks)):
+        names = [s.model_dump_json() for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"the config lists the same {role} twice with the same parameters")
+    has_psf = t.data.name not in DATASETS_WITHOUT_PSF
+    matches = []
+    for threat, budget, r, d, a in itertools.product(
+        t.threat_models, t.budgets, restorers, defenses, attacks
+    ):
+        reason = None
+        if registry.get("restorer", r.name).cls.needs_psf and not has_psf:
+            reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
+        matches.append(
+            Match(
+                restorer=r, defense=d, attack=a,
+                attack_kind=registry.get("attack", a.name).cls.kind,
+                budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=t.seed,
+                status="skipped" if reason else "planned", reason=reason,
+            )
+        )
+    return matches
+
+
+def config_hash(t: Tournament) -> str:
+    blob = json.dumps(t.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+

@@ -1,0 +1,74 @@
+"""Named schema migrations, recorded in ``schema_migrations``.
+
+Each migration is a function ``mNNN_description(conn)``. A blank database gets every migration
+in order; an existing one gets only those it has not recorded. To change the schema, append a
+migration (ALTER/CREATE) and update ``models.py`` to match; never edit an applied migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, inspect, select
+
+from arena.store import models
+
+INITIAL_TABLES = [
+    "tournaments", "entrants", "matches", "scores", "samples", "tournament_matches", "flags",
+]
+
+
+def m001_initial(conn: Connection) -> None:
+    tables = [models.metadata.tables[name] for name in INITIAL_TABLES]
+    models.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS = [m001_initial]
+KNOWN = [m.__name__ for m in MIGRATIONS]
+
+
+class SchemaError(RuntimeError):
+    """A database whose schema this version of the arena does not know."""
+
+
+def applied(conn: Connection) -> list[str]:
+    if not inspect(conn).has_table("schema_migrations"):
+        return []
+    rows = conn.execute(select(models.schema_migrations.c.name)).scalars().all()
+    return sorted(rows)
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations; return the names applied now."""
+    models.schema_migrations.create(conn, checkfirst=True)
+    done = set(applied(conn))
+    unknown = done - set(KNOWN)
+    if unknown:
+        raise SchemaError(
+            f"database has migrations this arena does not know ({', '.join(sorted(unknown))}); "
+            "upgrade udc-arena"
+        )
+    now = []
+    for migration in MIGRATIONS:
+        if migration.__name__ in done:
+            continue
+        migration(conn)
+        conn.execute(
+            models.schema_migrations.insert().values(
+                name=migration.__name__, applied_at=datetime.now(timezone.utc)
+            )
+        )
+        now.append(migration.__name__)
+    return now
+
+
+def check_current(conn: Connection) -> None:
+    """Raise SchemaError unless the database's schema is exactly the one this code knows."""
+    done = applied(conn)
+    if not done:
+        raise SchemaError("not a udc-arena database (no schema_migrations table)")
+    if done != sorted(KNOWN):
+        raise SchemaError(
+            f"database schema {done} differs from this arena's {sorted(KNOWN)}; "
+            "run `arena run` with this version once to migrate, or upgrade udc-arena"
+        )

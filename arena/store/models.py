@@ -1,0 +1,135 @@
+"""The current schema, as SQLAlchemy Core tables."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+tournaments = Table(
+    "tournaments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("config_hash", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("command", Text),
+    Column("code_version", String(100)),
+    Column("plugin_versions", JSON),
+    Column("seed", Integer),
+    Column("host", String(200)),
+    Column("data_version", String(100)),
+    Column("data_hash", String(64)),
+    Column("created_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True)),
+)
+
+entrants = Table(
+    "entrants", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("entrant_key", String(64), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(100)),
+    Column("params", JSON),
+    Column("package", String(200)),
+    Column("version", String(100)),
+    Column("weights_hash", String(64)),
+)
+
+matches = Table(
+    "matches", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("tournament_id", ForeignKey("tournaments.id"), nullable=False),
+    Column("restorer", String(200), nullable=False),
+    Column("defense", String(400), nullable=False),
+    Column("attack", String(200), nullable=False),
+    Column("attack_kind", String(40)),
+    Column("threat", String(20), nullable=False),
+    Column("norm", String(8), nullable=False),
+    Column("eps", Float, nullable=False),
+    Column("steps", Integer),
+    Column("queries_limit", Integer),
+    Column("eot", Integer),
+    Column("seed", Integer),
+    Column("spec", JSON, nullable=False),
+    Column("status", String(20), nullable=False),  # done | failed | disqualified | skipped
+    Column("reason", Text),
+    Column("error", Text),
+    Column("device", String(100)),
+    Column("code_version", String(100)),
+    Column("versions", JSON),
+    Column("created_at", DateTime(timezone=True)),
+    Column("time_clean_s", Float),
+    Column("time_attack_s", Float),
+    Column("time_total_s", Float),
+    Column("defense_ms_per_mp", Float),
+    Column("peak_mem_mb", Float),
+    Column("gradient_calls", Integer),
+    Column("trace", JSON),
+    Column("start_grad", JSON),
+    Column("attempts", Integer),
+    Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
+)
+
+scores = Table(
+    "scores", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("match_id", ForeignKey("matches.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("image", String(200), nullable=False),
+    Column("clean_psnr", Float, nullable=False),
+    Column("clean_ssim", Float, nullable=False),
+    Column("adv_psnr", Float, nullable=False),
+    Column("adv_ssim", Float, nullable=False),
+    Column("linf", Float),
+    Column("l2", Float),
+    Column("queries", Integer),
+)
+
+samples = Table(
+    "samples", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("match_id", ForeignKey("matches.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("image", String(200), nullable=False),
+    Column("kind", String(40), nullable=False),  # lq | adv | delta | restored_clean | restored_adv | hq
+    Column("path", Text, nullable=False),
+)
+
+tournament_matches = Table(
+    "tournament_matches", metadata,
+    Column("tournament_id", ForeignKey("tournaments.id"), primary_key=True),
+    Column("match_id", ForeignKey("matches.id", ondelete="CASCADE"), primary_key=True),
+)
+
+flags = Table(
+    "flags", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("threat", String(20), nullable=False),
+    Column("norm", String(8)),
+    Column("eps", Float),
+    Column("restorer", String(200), nullable=False),
+    Column("defense", String(400), nullable=False),
+    Column("attack", String(200)),
+    Column("flag", String(60), nullable=False),
+    Column("reason", Text, nullable=False),
+    UniqueConstraint("threat", "norm", "eps", "restorer", "defense", "attack", "flag"),
+)
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("applied_at", DateTime(timezone=True)),
+)

@@ -1,0 +1,186 @@
+"""Leaderboard and browsing queries: plain functions over the database.
+
+These back both ``arena leaderboard`` and the dashboard. They import neither torch nor Ray.
+Robust quality follows AutoAttack's aggregation: per image, the worst case over all attacks,
+then the mean over images; it is computed only over matches with status ``done``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Engine
+
+from arena.store import models as m
+
+GROUP = ("threat", "norm", "eps", "restorer", "defense")
+
+
+def _rows(engine: Engine, stmt) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def _scope(stmt, tournament_id: int | None):
+    if tournament_id is None:
+        return stmt
+    return stmt.join(
+        m.tournament_matches,
+        and_(m.tournament_matches.c.match_id == m.matches.c.id,
+             m.tournament_matches.c.tournament_id == tournament_id),
+    )
+
+
+def per_image_worst(tournament_id: int | None = None):
+    """Subquery: per system, budget and image, the clean score and the worst adversarial one."""
+    s, mt = m.scores, m.matches
+    stmt = select(
+        *(mt.c[g] for g in GROUP),
+        s.c.image,
+        func.avg(s.c.clean_psnr).label("clean_psnr"),
+        func.avg(s.c.clean_ssim).label("clean_ssim"),
+        func.min(s.c.adv_psnr).label("robust_psnr"),
+        func.min(s.c.adv_ssim).label("robust_ssim"),
+        func.count(func.distinct(mt.c.attack)).label("n_attacks"),
+        func.count(func.distinct(mt.c.seed)).label("n_seeds"),
+    ).select_from(s.join(mt, s.c.match_id == mt.c.id))
+    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done")
+    return stmt.group_by(*(mt.c[g] for g in GROUP), s.c.image).subquery()
+
+
+def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | None = None) -> list[dict[str, Any]]:
+    """One row per (threat, norm, eps, restorer, defense), ranked by robust PSNR within a budget."""
+    pi = per_image_worst(tournament_id)
+    stmt = select(
+        *(pi.c[g] for g in GROUP),
+        func.avg(pi.c.clean_psnr).label("clean_psnr"),
+        func.avg(pi.c.clean_ssim).label("clean_ssim"),
+        func.avg(pi.c.robust_psnr).label("robust_psnr"),
+        func.avg(pi.c.robust_ssim).label("robust_ssim"),
+        func.count().label("n_images"),
+        func.max(pi.c.n_attacks).label("n_attacks"),
+        func.max(pi.c.n_seeds).label("n_seeds"),
+    ).group_by(*(pi.c[g] for g in GROUP))
+    if threat:
+        stmt = stmt.where(pi.c.threat == threat)
+    rows = _rows(engine, stmt)
+    worst = {tuple(r[g] for g in GROUP): r for r in attack_table(engine, tournament_id)}
+    costs = {tuple(r[g] for g in GROUP): r["defense_ms_per_mp"] for r in defense_costs(engine, tournament_id)}
+    flagged = flags_by_system(engine)
+    for r in rows:
+        k = tuple(r[g] for g in GROUP)
+        r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"]
+        r["worst_attack"] = worst.get(k, {}).get("attack")
+        r["defense_ms_per_mp"] = costs.get(k)
+        r["flags"] = "; ".join(flagged.get(k, []))
+    rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["robust_psnr"]))
+    rank, prev = 0, None
+    for r in rows:
+        budget = (r["threat"], r["norm"], r["eps"])
+        rank = 1 if budget != prev else rank + 1
+        r["rank"], prev = rank, budget
+    return rows
+
+
+def attack_table(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
+    """Per system and budget, the attack with the lowest mean adversarial PSNR."""
+    rows = attack_damage(engine, tournament_id, by_system=True)
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        k = tuple(r[g] for g in GROUP)
+        if k not in best or r["adv_psnr"] < best[k]["adv_psnr"]:
+            best[k] = r
+    return list(best.values())
+
+
+def attack_damage(engine: Engine, tournament_id: int | None = None, by_system: bool = False) -> list[dict[str, Any]]:
+    """Mean damage of each attack (clean minus adversarial PSNR), with its cost."""
+    s, mt = m.scores, m.matches
+    keys = [mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack, mt.c.attack_kind]
+    if by_system:
+        keys += [mt.c.restorer, mt.c.defense]
+    stmt = select(
+        *keys,
+        func.avg(s.c.adv_psnr).label("adv_psnr"),
+        func.avg(s.c.clean_psnr - s.c.adv_psnr).label("damage_psnr"),
+        func.avg(s.c.clean_ssim - s.c.adv_ssim).label("damage_ssim"),
+        func.avg(s.c.queries).label("queries"),
+        func.count(func.distinct(mt.c.id)).label("n_matches"),
+    ).select_from(s.join(mt, s.c.match_id == mt.c.id))
+    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*keys)
+    rows = _rows(engine, stmt)
+    times = {
+        tuple(r[k] for k in ("threat", "norm", "eps", "attack")): r["time_attack_s"]
+        for r in _rows(engine, _scope(
+            select(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack,
+                   func.avg(mt.c.time_attack_s).label("time_attack_s")),
+            tournament_id,
+        ).where(mt.c.status == "done").group_by(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack))
+    }
+    for r in rows:
+        r["time_attack_s"] = times.get((r["threat"], r["norm"], r["eps"], r["attack"]))
+    rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["damage_psnr"]))
+    return rows
+
+
+def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
+    mt = m.matches
+    stmt = select(
+        *(mt.c[g] for g in GROUP),
+        func.avg(mt.c.defense_ms_per_mp).label("defense_ms_per_mp"),
+        func.max(mt.c.peak_mem_mb).label("peak_mem_mb"),
+    )
+    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*(mt.c[g] for g in GROUP))
+    return _rows(engine, stmt)
+
+
+def flags_by_system(engine: Engine) -> dict[tuple, list[str]]:
+    out: dict[tuple, list[str]] = {}
+    for r in _rows(engine, select(m.flags)):
+        k = tuple(r[g] for g in GROUP)
+        out.setdefault(k, []).append(f"{r['flag']}: {r['reason']}")
+    return out
+
+
+def matches(engine: Engine, tournament_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    mt = m.matches
+    stmt = _scope(select(mt), tournament_id)
+    if status:
+        stmt = stmt.where(mt.c.status == status)
+    return _rows(engine, stmt.order_by(mt.c.id))
+
+
+def status_counts(engine: Engine, tournament_id: int | None = None) -> dict[str, int]:
+    mt = m.matches
+    stmt = _scope(select(mt.c.status, func.count().label("n")), tournament_id).group_by(mt.c.status)
+    return {r["status"]: r["n"] for r in _rows(engine, stmt)}
+
+
+def tournaments(engine: Engine) -> list[dict[str, Any]]:
+    return _rows(engine, select(m.tournaments).order_by(m.tournaments.c.updated_at.desc()))
+
+
+def latest_tournament_id(engine: Engine) -> int | None:
+    rows = tournaments(engine)
+    return rows[0]["id"] if rows else None
+
+
+def scores_of(engine: Engine, match_id: int) -> list[dict[str, Any]]:
+    return _rows(engine, select(m.scores).where(m.scores.c.match_id == match_id).order_by(m.scores.c.image))
+
+
+def samples_of(engine: Engine, match_id: int) -> list[dict[str, Any]]:
+    return _rows(engine, select(m.samples).where(m.samples.c.match_id == match_id))
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table (no extra dependency) for the terminal."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+        return "" if v is None else str(v)
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(b) for b in body)])

@@ -1,0 +1,100 @@
+"""The driver's writes: one transaction per result, idempotent by match key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+
+from arena.store import models as m
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def upsert_tournament(engine: Engine, *, config_hash: str, name: str, config: dict, **fields: Any) -> int:
+    """The tournament row for this config (created once, refreshed on every run)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(m.tournaments.c.id).where(m.tournaments.c.config_hash == config_hash)
+        ).first()
+        values = dict(fields, name=name, config=config, updated_at=_now())
+        if row:
+            conn.execute(m.tournaments.update().where(m.tournaments.c.id == row.id).values(**values))
+            return row.id
+        return conn.execute(
+            m.tournaments.insert().values(config_hash=config_hash, created_at=_now(), **values)
+        ).inserted_primary_key[0]
+
+
+def record_entrants(engine: Engine, entrants: list[dict[str, Any]]) -> None:
+    with engine.begin() as conn:
+        for e in entrants:
+            key = hashlib.sha256(json.dumps(e, sort_keys=True, default=str).encode()).hexdigest()[:32]
+            if conn.execute(select(m.entrants.c.id).where(m.entrants.c.entrant_key == key)).first():
+                continue
+            conn.execute(m.entrants.insert().values(entrant_key=key, **e))
+
+
+def stored_statuses(engine: Engine, keys: list[str]) -> dict[str, str]:
+    """Status of each of ``keys`` already in the database."""
+    out: dict[str, str] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            rows = conn.execute(
+                select(m.matches.c.key, m.matches.c.status).where(m.matches.c.key.in_(chunk))
+            )
+            out.update({r.key: r.status for r in rows})
+    return out
+
+
+def link_matches(engine: Engine, tournament_id: int, keys: list[str]) -> None:
+    """Record that the tournament includes already-stored matches (resumed or shared)."""
+    with engine.begin() as conn:
+        for i in range(0, len(keys), 500):
+            ids = conn.execute(select(m.matches.c.id).where(m.matches.c.key.in_(keys[i : i + 500])))
+            have = set(
+                conn.execute(
+                    select(m.tournament_matches.c.match_id).where(
+                        m.tournament_matches.c.tournament_id == tournament_id
+                    )
+                ).scalars()
+            )
+            new = [{"tournament_id": tournament_id, "match_id": mid} for mid in ids.scalars() if mid not in have]
+            if new:
+                conn.execute(m.tournament_matches.insert(), new)
+
+
+def write_result(engine: Engine, tournament_id: int, match_row: dict[str, Any],
+                 scores: list[dict[str, Any]], samples: list[dict[str, Any]] = ()) -> int:
+    """Store one match with its scores and samples in a single transaction.
+
+    A stored row with the same key is replaced only if it was a failure being retried; a
+    finished one is kept as it is, so a rerun never duplicates or overwrites results.
+    """
+    with engine.begin() as conn:
+        old = conn.execute(
+            select(m.matches.c.id, m.matches.c.status).where(m.matches.c.key == match_row["key"])
+        ).first()
+        if old is not None:
+            if old.status != "failed":
+                return old.id
+            conn.execute(delete(m.tournament_matches).where(m.tournament_matches.c.match_id == old.id))
+            conn.execute(delete(m.scores).where(m.scores.c.match_id == old.id))
+            conn.execute(delete(m.samples).where(m.samples.c.match_id == old.id))
+            conn.execute(delete(m.matches).where(m.matches.c.id == old.id))
+        match_id = conn.execute(
+            m.matches.insert().values(tournament_id=tournament_id, created_at=_now(), **match_row)
+        ).inserted_primary_key[0]
+        if scores:
+            conn.execute(m.scores.insert(), [dict(s, match_id=match_id) for s in scores])
+        if samples:
+            conn.execute(m.samples.insert(), [dict(s, match_id=match_id) for s in samples])
+        conn.execute(m.tournament_matches.insert().values(tournament_id=tournament_id, match_id=match_id))
+    return match_id

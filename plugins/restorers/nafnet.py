@@ -1,0 +1,103 @@
+"""NAFNet: a nonlinear-activation-free U-shaped restorer, in a lite width."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arena.api import Field, Params, Restorer
+from arena.hookspecs import hookimpl
+from arena_plugins.restorers.common import LayerNorm2d, ResidualRestorer, zero_init
+
+
+class SimpleGate(nn.Module):
+    """Split the channels in two halves and multiply them: the network's only nonlinearity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+class NAFBlock(nn.Module):
+    def __init__(self, c: int, expand: int = 2):
+        super().__init__()
+        hidden = c * expand
+        self.norm1 = LayerNorm2d(c)
+        self.conv1 = nn.Conv2d(c, hidden, 1)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.gate = SimpleGate()
+        # Simplified channel attention: a global average and one linear map, no sigmoid.
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden // 2, hidden // 2, 1))
+        self.conv3 = nn.Conv2d(hidden // 2, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = nn.Conv2d(c, hidden, 1)
+        self.conv5 = nn.Conv2d(hidden // 2, c, 1)
+        # Zero-initialised branch scales: every block starts as the identity.
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        x = self.gate(self.dwconv(self.conv1(self.norm1(inp))))
+        x = self.conv3(x * self.sca(x))
+        y = inp + x * self.beta
+        x = self.conv5(self.gate(self.conv4(self.norm2(y))))
+        return y + x * self.gamma
+
+
+class NAFNetModule(ResidualRestorer):
+    def __init__(self, width: int = 16, enc_blocks=(1, 1, 1), middle_blocks: int = 2,
+                 dec_blocks=(1, 1, 1)):
+        super().__init__()
+        if len(enc_blocks) != len(dec_blocks):
+            raise ValueError("enc_blocks and dec_blocks need one entry per level")
+        self.multiple = 2 ** len(enc_blocks)
+        self.intro = nn.Conv2d(3, width, 3, padding=1)
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        c = width
+        for n in enc_blocks:
+            self.encoders.append(nn.Sequential(*(NAFBlock(c) for _ in range(n))))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = nn.Sequential(*(NAFBlock(c) for _ in range(middle_blocks)))
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*(NAFBlock(c) for _ in range(n))))
+        self.ending = zero_init(nn.Conv2d(width, 3, 3, padding=1))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.intro(x)
+        skips = []
+        for enc, down in zip(self.encoders, self.downs):
+            x = enc(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle(x)
+        for up, dec in zip(self.ups, self.decoders):
+            x = dec(up(x) + skips.pop())
+        return self.ending(x)
+
+
+class NAFNet(Restorer):
+    """NAFNet of Chen et al., "Simple Baselines for Image Restoration", ECCV 2022 (lite width)."""
+
+    name = "nafnet"
+    needs_psf = False
+    weights = Path(__file__).parent / "weights" / "nafnet.safetensors"
+
+    class Params(Params):
+        width: int = Field(16, ge=4, le=64, description="channels at full resolution")
+        levels: int = Field(3, ge=1, le=4, description="downsamplings, one block per level")
+        middle_blocks: int = Field(2, ge=1, le=12, description="blocks at the lowest resolution")
+
+    def build(self) -> nn.Module:
+        p = self.params
+        return NAFNetModule(p.width, (1,) * p.levels, p.middle_blocks, (1,) * p.levels)
+
+
+@hookimpl
+def register_restorers(register):
+    register(NAFNet)

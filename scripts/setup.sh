@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv and installs udc-arena into it (idempotent; re-run after pyproject changes).
+# torch goes in first: a bare requirement would pull the newest CUDA build (several GB).
+# ARENA_TORCH picks another build, e.g.
+#   ARENA_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126" scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${ARENA_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.udc-arena-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+"$PY" -m pip install -q --upgrade pip
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q ${ARENA_TORCH:-torch==2.13.0}
+fi
+"$PY" -m pip install -q -e ".[test]"
+echo "$want" > "$stamp"
