@@ -205,7 +205,7 @@ class Purifier:
         tile = tile or self.size
         for t, t_prev in zip(ts, ts[1:] + [-1]):
             noise = _randn(x.shape, generator, x.device) if eta > 0 and t_prev >= 0 else None
-            if checkpointed and torch.is_grad_enabled():
+            if checkpointed and torch.is_grad_enabled() and z.requires_grad:
                 z = checkpoint(self._step, z, t, t_prev, eta, noise, tile, overlap, use_reentrant=False)
             else:
                 z = self._step(z, t, t_prev, eta, noise, tile, overlap)
@@ -297,7 +297,8 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
         opt.step()
         sched.step()
         ema.step(model.parameters())
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        value = loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         bar.set_postfix(loss=f"{running:.4f}")
     ema.copy_to(model.parameters())
     model.eval().requires_grad_(False)

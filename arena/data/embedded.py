@@ -102,8 +102,10 @@ def sample_plan(split: str, n_psf: int) -> list[Sample]:
 
 
 @functools.lru_cache(maxsize=32)
-def _prepared_photo(split: str, name: str, short_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Linear scene (3, H, W) in [0, 1] and its highlight weight map (H, W) in [0, 1]."""
+def _prepared_photo(split: str, name: str,
+                    short_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear scene (3, H, W) in [0, 1], its highlight weight map (H, W) in [0, 1] and the
+    (row, col) coordinates of its light sources."""
     im = PHOTOS[split][name]().astype(np.float64)
     im = im / (255.0 if im.max() > 1.0 else 1.0)
     lin = srgb_to_linear(im)
@@ -121,9 +123,10 @@ def _prepared_photo(split: str, name: str, short_side: int) -> tuple[np.ndarray,
     hi = max(float(np.quantile(lum, 0.999)), lo + 0.05)
     weight = np.clip((lum - lo) / (hi - lo), 0.0, 1.0)
     scene = np.ascontiguousarray(lin.transpose(2, 0, 1))
-    scene.setflags(write=False)
-    weight.setflags(write=False)
-    return scene, weight
+    bright = np.argwhere(weight > 0.5)
+    for a in (scene, weight, bright):
+        a.setflags(write=False)
+    return scene, weight, bright
 
 
 def _short_side(size: int, margin: int) -> int:
@@ -137,11 +140,10 @@ def _make_sample(s: Sample, split: str, size: int, seed: int, bank: np.ndarray):
     region = size + 2 * margin
     rng = np.random.default_rng(
         np.random.SeedSequence([seed, _SPLIT_IDS[split], s.photo_index, s.crop, s.slot]))
-    scene, weight = _prepared_photo(split, s.photo, _short_side(size, margin))
+    scene, weight, bright = _prepared_photo(split, s.photo, _short_side(size, margin))
     h, w = weight.shape
     if min(h, w) < region:  # only for crops larger than most photographs
         raise ValueError(f"size {size} is too large for photograph {s.photo} ({h}x{w})")
-    bright = np.argwhere(weight > 0.5)
     if s.crop % 3 == 0 and len(bright):
         # A third of the crops are aimed near a light source so flare and saturation are common.
         cy, cx = bright[rng.integers(len(bright))] + rng.integers(-size // 3, size // 3 + 1, 2)

@@ -114,7 +114,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     pending = [m for m in matches
                if stored.get(m.key) is None or (rerun_failed and stored.get(m.key) == "failed")]
     # resources are checked before anything is written, so a bad cluster leaves no trace
-    ex = _executor(executor, t, address, device) if any(m.status == "planned" for m in pending) else None
+    ex = _executor(executor, t, address, device, registry) if any(m.status == "planned" for m in pending) else None
     data = load_data(t.data.name, t.data.split, root=t.data.root, images=t.data.images,
                      size=t.data.size, seed=t.data.seed)
     version = code_version()
@@ -187,11 +187,11 @@ def _hardening_jobs(todo: list[Match], registry: Registry) -> list[tuple]:
     return list(jobs.values())
 
 
-def _executor(name: str, t: Tournament, address: str | None, device: str | None):
+def _executor(name: str, t: Tournament, address: str | None, device: str | None, registry):
     from arena.run.executors import LocalExecutor, RayExecutor
 
     if name == "local":
-        return LocalExecutor(t, device)
+        return LocalExecutor(t, device, registry)
     if name == "ray":
         return RayExecutor(t, address)
     raise ValueError(f"unknown executor '{name}' (allowed: ray, local)")

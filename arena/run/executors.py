@@ -32,8 +32,8 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, t: Tournament, device: str | None = None):
-        self.t, self.device = t, device
+    def __init__(self, t: Tournament, device: str | None = None, registry=None):
+        self.t, self.device, self.registry = t, device, registry
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
@@ -44,7 +44,8 @@ class LocalExecutor:
             on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:
         from arena.run.worker import Worker
 
-        worker = Worker(data, hardened, device=self.device, samples=self.t.samples_per_match)
+        worker = Worker(data, hardened, device=self.device, samples=self.t.samples_per_match,
+                        registry=self.registry)
         for match in matches:
             if on_start:
                 on_start(match)
@@ -68,7 +69,8 @@ class RayExecutor:
         import ray
 
         self.t, self.ray = t, ray
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()  # leave a cluster we joined as we found it
+        if self._owns_ray:
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      configure_logging=False)
         self._check_resources()
@@ -77,12 +79,12 @@ class RayExecutor:
         res = self.ray.cluster_resources()
         if self.t.num_gpus > 0 and res.get("GPU", 0) < self.t.num_gpus:
             raise ExecutorError(
-                f"the config asks for {self.t.num_gpus} GPU(s) per match but the Ray cluster has "
+                f"the config asks for {self.t.num_gpus:g} GPU(s) per match but the Ray cluster has "
                 f"{res.get('GPU', 0):g}; set num_gpus = 0 to run on CPU"
             )
         if res.get("CPU", 0) < self.t.num_cpus:
             raise ExecutorError(
-                f"the config asks for {self.t.num_cpus} CPU(s) per worker but the Ray cluster has "
+                f"the config asks for {self.t.num_cpus:g} CPU(s) per worker but the Ray cluster has "
                 f"{res.get('CPU', 0):g}"
             )
 
@@ -181,5 +183,5 @@ class RayExecutor:
                 ray.kill(a, no_restart=True)
 
     def close(self) -> None:
-        if self.ray.is_initialized():
+        if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()

@@ -34,10 +34,12 @@ def hardening_link(match: Match, registry) -> Spec | None:
 
 class Worker:
     def __init__(self, data: UDCData, hardened: dict[str, str] | None = None,
-                 device: str | None = None, threads: int | None = None, samples: int = 0):
+                 device: str | None = None, threads: int | None = None, samples: int = 0,
+                 registry=None):
         if threads:
+            # Ray starts workers with one torch thread; use the CPUs this worker was given
             torch.set_num_threads(max(1, int(threads)))
-        self.registry = load_registry()
+        self.registry = registry or load_registry()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.data = data
         self.hardened = hardened or {}

@@ -1,0 +1,372 @@
+"""Train a registered restorer on UDC pairs and write its weights with a manifest.
+
+The recipe is the one image-restoration papers share: L1 loss in the tone-mapped domain, AdamW
+with a linear warm-up then cosine decay, random crops and dihedral augmentation, and the
+checkpoint with the best PSNR on a held-out part of the training split. Checkpoints are
+safetensors plus JSON (never pickle), so an interrupted run resumes where it stopped.
+
+``python -m arena.train unet --steps 3000 --out plugins/restorers/weights``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from arena.api import ConfigError, Restorer
+from arena.data import UDCData, load_data
+from arena.metrics import psnr, ssim
+from arena.plugins import Registry, load_registry
+from arena.weights import load_state, read_manifest, save_weights
+
+VAL_IMAGES = 64  # held out of the training split for checkpoint selection
+EVAL_CHUNK = 32
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def training_data(data: str, size: int, data_seeds: int, data_root: str | None) -> list[UDCData]:
+    """The training split: for the embedded benchmark, one draw of crops and noise per seed."""
+    if data == "embedded":
+        return [load_data("embedded", "train", size=size, seed=s) for s in range(data_seeds)]
+    return [load_data(data, "train", root=data_root, size=size)]
+
+
+def split_validation(parts: list[UDCData], n_val: int, seed: int) -> tuple[UDCData, UDCData]:
+    """Hold out n_val images of the first part (always the same ones for a seed)."""
+    first = parts[0]
+    n_val = min(n_val, len(first) // 5)
+    perm = torch.randperm(len(first), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = first.subset(sorted(perm[:n_val]))
+    rest = [first.subset(sorted(perm[n_val:]))] + parts[1:]
+    cat = lambda key: None if getattr(rest[0], key) is None else torch.cat([getattr(p, key) for p in rest])  # noqa: E731
+    train = UDCData(lq=cat("lq"), hq=cat("hq"), psf=cat("psf"), code=cat("code"),
+                    ids=[i for p in rest for i in p.ids], name=first.name, version=first.version)
+    return train, val
+
+
+def psf_invariant_rot180(data: UDCData) -> bool:
+    """True when every PSF is point-symmetric.
+
+    Rotating a pair by 180 degrees rotates its PSF too; diffraction PSFs |FFT(pupil)|^2 of a
+    real pupil are point-symmetric, so the kernel code stays valid. Flips and 90-degree turns
+    would change the PSF's orientation and make the code lie.
+    """
+    if data.psf is None:
+        return False
+    psf = data.psf
+    return bool(((psf - psf.flip(-1, -2)).abs().amax() <= 1e-6 * psf.abs().amax()).item())
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, dihedral: bool,
+            rot180: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, a random element of the dihedral group (or only 0/180 degree turns)."""
+    if not (dihedral or rot180):
+        return x, y
+    xs, ys = [], []
+    for i in range(x.shape[0]):
+        if dihedral:
+            k, flip = int(torch.randint(4, (1,), generator=gen)), bool(torch.randint(2, (1,), generator=gen))
+        else:
+            k, flip = 2 * int(torch.randint(2, (1,), generator=gen)), False
+        a, b = x[i], y[i]
+        if flip:
+            a, b = a.flip(-1), b.flip(-1)
+        xs.append(torch.rot90(a, k, (-2, -1)))
+        ys.append(torch.rot90(b, k, (-2, -1)))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def random_crop(x: torch.Tensor, y: torch.Tensor, crop: int, gen: torch.Generator):
+    h, w = x.shape[-2:]
+    if crop >= min(h, w):
+        return x, y
+    xs, ys = [], []
+    for i in range(x.shape[0]):
+        top = int(torch.randint(h - crop + 1, (1,), generator=gen))
+        left = int(torch.randint(w - crop + 1, (1,), generator=gen))
+        xs.append(x[i, :, top:top + crop, left:left + crop])
+        ys.append(y[i, :, top:top + crop, left:left + crop])
+    return torch.stack(xs), torch.stack(ys)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def restore_all(model: torch.nn.Module, data: UDCData, needs_psf: bool,
+                device: torch.device) -> torch.Tensor:
+    outs = []
+    for i in range(0, len(data), EVAL_CHUNK):
+        lq = data.lq[i:i + EVAL_CHUNK].to(device)
+        args = (data.code[i:i + EVAL_CHUNK].to(device),) if needs_psf else ()
+        outs.append(model(lq, *args).clamp(0, 1).cpu())
+    return torch.cat(outs)
+
+
+def score(model: torch.nn.Module, data: UDCData, needs_psf: bool, device: torch.device) -> dict[str, float]:
+    """Mean per-image PSNR/SSIM of the restored batch and of the degraded input."""
+    was_training = model.training
+    model.eval()
+    out = restore_all(model, data, needs_psf, device)
+    model.train(was_training)
+    return {
+        "psnr": float(psnr(out, data.hq).mean()), "ssim": float(ssim(out, data.hq).mean()),
+        "input_psnr": float(psnr(data.lq, data.hq).mean()),
+        "input_ssim": float(ssim(data.lq, data.hq).mean()),
+        "images": len(data),
+    }
+
+
+def evaluate_restorer(name: str, weights: str | Path | None = None, size: int = 64, *,
+                      params: dict[str, Any] | None = None, data: str = "embedded",
+                      data_root: str | None = None, device: str | None = None,
+                      registry: Registry | None = None) -> dict[str, float]:
+    """Clean PSNR/SSIM (and the input's) of a restorer on the test split, seed 0."""
+    registry = registry or load_registry()
+    restorer: Restorer = registry.create("restorer", name, params)
+    dev = _device(device)
+    model = restorer.load(dev, weights=weights)
+    test = load_data(data, "test", root=data_root, size=size, seed=0)
+    _check_psf(restorer, test)
+    return score(model, test, restorer.needs_psf, dev)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _check_psf(restorer: Restorer, data: UDCData) -> None:
+    if restorer.needs_psf and data.code is None:
+        raise ConfigError(f"restorer '{restorer.name}' needs PSF kernel codes; dataset "
+                          f"'{data.name}' has none")
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 1% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able groups."""
+    sd = opt.state_dict()
+    tensors = {f"optim.{idx}.{k}": v for idx, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                            groups: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+class Checkpoint:
+    """The last state of a run (model, optimizer, best model, batch RNG) as safetensors + JSON."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "last.safetensors"
+
+    def save(self, step: int, model, opt, best: dict[str, torch.Tensor], gen: torch.Generator,
+             info: dict[str, Any]) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in best.items()})
+        opt_tensors, groups = _optimizer_tensors(opt)
+        tensors.update(opt_tensors)
+        tensors["rng"] = gen.get_state()
+        save_weights(tensors, self.path, dict(info, step=step, optimizer=groups))
+
+    def load(self, model, opt, gen: torch.Generator) -> tuple[int, dict[str, torch.Tensor], dict]:
+        tensors = load_state(self.path)
+        info = read_manifest(self.path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        _optimizer_from_tensors(opt, tensors, info["optimizer"])
+        gen.set_state(tensors["rng"])
+        return int(info["step"]), best, info
+
+
+def run_key(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_work_dir(name: str, config: dict[str, Any]) -> Path:
+    base = os.environ.get("ARENA_CACHE") or Path.home() / ".cache" / "udc-arena"
+    return Path(base) / "train" / f"{name}-{run_key(config)}"
+
+
+def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, size: int = 64,
+                   batch: int = 8, lr: float = 1e-3, device: str | None = None,
+                   resume: bool = True, data_root: str | None = None, progress: bool = True, *,
+                   data: str = "embedded", params: dict[str, Any] | None = None,
+                   crop: int | None = None, data_seeds: int = 4, warmup: int | None = None,
+                   weight_decay: float = 1e-4, val_every: int | None = None,
+                   threads: int | None = None, work_dir: str | Path | None = None,
+                   registry: Registry | None = None) -> Path:
+    """Train restorer ``name`` for ``steps`` steps and write ``out_dir/<name>.safetensors``.
+
+    The manifest beside the weights records the config, seed, data version and hashes, steps,
+    wall time, device, and mean clean PSNR/SSIM (and the input's) on the test split at ``size``.
+    """
+    if steps < 1:
+        raise ConfigError(f"steps must be positive, got {steps}")
+    if threads:
+        torch.set_num_threads(threads)
+    registry = registry or load_registry()
+    restorer: Restorer = registry.create("restorer", name, params)
+    dev = _device(device)
+    crop = crop or size
+    warmup = warmup if warmup is not None else max(1, min(500, steps // 20))
+    val_every = val_every or max(1, min(250, steps // 20))
+    config = {
+        "restorer": name, "params": restorer.params.model_dump(mode="json"), "seed": seed,
+        "steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop,
+        "data": data, "data_root": data_root, "data_seeds": data_seeds, "warmup": warmup,
+        "weight_decay": weight_decay, "val_every": val_every, "loss": "l1",
+    }
+
+    parts = training_data(data, size, data_seeds, data_root)
+    train, val = split_validation(parts, VAL_IMAGES, seed)
+    _check_psf(restorer, train)
+    needs_psf = restorer.needs_psf
+    # PSF-conditioned restorers only get augmentations that keep the kernel code true.
+    dihedral, rot180 = (False, psf_invariant_rot180(train)) if needs_psf else (True, False)
+
+    torch.manual_seed(seed)
+    model = restorer.build().to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    gen = torch.Generator().manual_seed(seed)
+
+    work = Path(work_dir) if work_dir else default_work_dir(name, config)
+    ckpt = Checkpoint(work)
+    start, best, best_val, best_step, elapsed = 0, {}, -math.inf, 0, 0.0
+    if resume and ckpt.path.exists():
+        start, best, info = ckpt.load(model, opt, gen)
+        best_val, best_step, elapsed = info["best_val_psnr"], info["best_step"], info["wall_time_s"]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup),
+                                                  last_epoch=start - 1)
+
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {name}",
+               disable=not progress, dynamic_ncols=True)
+    loss_ema = None
+    for step in bar:
+        idx = torch.randint(len(train), (batch,), generator=gen)
+        lq, hq = random_crop(train.lq[idx], train.hq[idx], crop, gen)
+        lq, hq = augment(lq, hq, gen, dihedral, rot180)
+        args = (train.code[idx].to(dev),) if needs_psf else ()
+        loss = F.l1_loss(model(lq.to(dev), *args), hq.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_ema = float(loss) if loss_ema is None else 0.98 * loss_ema + 0.02 * float(loss)
+
+        done = step + 1
+        if done % val_every == 0 or done == steps:
+            v = score(model, val, needs_psf, dev)["psnr"]
+            if v > best_val:
+                best_val, best_step = v, done
+                best = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+            bar.set_postfix(loss=f"{loss_ema:.4f}", val=f"{v:.2f}", best=f"{best_val:.2f}@{best_step}")
+            ckpt.save(done, model, opt, best, gen, {
+                "config": config, "best_val_psnr": best_val, "best_step": best_step,
+                "wall_time_s": time.perf_counter() - t0,
+            })
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    model.load_state_dict(best)
+    test = load_data(data, "test", root=data_root, size=size, seed=0)
+    result = score(model, test, needs_psf, dev)
+    manifest = {
+        "restorer": name, "config": config, "seed": seed, "steps": steps,
+        "wall_time_s": round(wall, 1), "device": _device_name(dev), "torch": torch.__version__,
+        "params": sum(p.numel() for p in model.parameters()),
+        "data_version": test.version, "data_hash": test.hash,
+        "train_data_hashes": [p.hash for p in parts],
+        "val": {"images": len(val), "best_psnr": best_val, "best_step": best_step},
+        "augment": "dihedral" if dihedral else ("rot180" if rot180 else "none"),
+        "test": {"split": "test", "size": size, "seed": 0, "dataset": data},
+        "clean_psnr": result["psnr"], "clean_ssim": result["ssim"],
+        "input_psnr": result["input_psnr"], "input_ssim": result["input_ssim"],
+    }
+    out = Path(out_dir) / f"{name}.safetensors"
+    return save_weights(best, out, manifest)
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param takes key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m arena.train", description=__doc__.splitlines()[0])
+    ap.add_argument("restorer")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--out", default=".", help="folder for <restorer>.safetensors and .json")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=64, help="training sample and test image side")
+    ap.add_argument("--crop", type=int, default=None, help="random crop side (default: size)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--data", default="embedded")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--data-seeds", type=int, default=4, help="embedded draws of crops/noise")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    path = train_restorer(
+        a.restorer, a.steps, a.out, seed=a.seed, size=a.size, batch=a.batch, lr=a.lr,
+        device=a.device, resume=not a.no_resume, data_root=a.data_root, progress=not a.quiet,
+        data=a.data, params=_parse_params(a.param), crop=a.crop, data_seeds=a.data_seeds,
+        threads=a.threads,
+    )
+    m = read_manifest(path)
+    print(f"{path}: clean PSNR {m['clean_psnr']:.2f} dB, SSIM {m['clean_ssim']:.4f} "
+          f"(input {m['input_psnr']:.2f} dB) on {m['data_version']} test, {m['wall_time_s']:.0f} s")
+    return path
+
+
+if __name__ == "__main__":
+    main()
