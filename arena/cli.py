@@ -149,5 +149,136 @@ def dashboard(db, port):
     os.execvpe(cmd[0], cmd, env)
 
 
+@plugins.command("check")
+@click.argument("name")
+def plugins_check(name):
+    """Run the conformance checks on an installed component NAME; list what fails."""
+    from arena import testing
+    from arena.plugins import load_registry
+
+    registry = load_registry()
+    found = [e for role in ("restorer", "attack", "defense") for e in [registry.entries[role].get(name)] if e]
+    if not found:
+        raise click.ClickException(f"no installed restorer, attack or defense is called '{name}'")
+    failed = False
+    for entry in found:
+        check = {"restorer": testing.check_restorer, "attack": testing.check_attack,
+                 "defense": testing.check_defense}[entry.role]
+        problems = check(entry.cls)
+        source = f"{entry.package} {entry.version}".strip()
+        if problems:
+            failed = True
+            click.echo(f"{entry.role} '{name}' ({source}) fails {len(problems)} check(s):")
+            for p in problems:
+                click.echo(f"  - {p}")
+        else:
+            click.echo(f"{entry.role} '{name}' ({source}) passes every conformance check")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("key")
+@DB_OPTION
+@click.option("--device", default=None)
+def reproduce(key, db, device):
+    """Re-run one stored match (KEY or a unique prefix) alone and compare its scores."""
+    from arena.store.db import open_reader
+    from arena.verify import reproduce as run_again
+
+    r = run_again(open_reader(db), key, device)
+    click.echo(f"match {r['key']}: stored {r['stored_adv_psnr']:.4f} dB on {r['stored_device']}, "
+               f"rerun {r['rerun_adv_psnr']:.4f} dB on {r['device']}; largest per-image difference "
+               f"{r['max_abs_diff_db']:.2e} dB (tolerance {r['tolerance_db']:g})")
+    click.echo("reproduced" if r["same"] else "NOT reproduced")
+    sys.exit(0 if r["same"] else 1)
+
+
+@main.command()
+@DB_OPTION
+@click.option("--sample", default=4, show_default=True, help="How many iterative matches to re-run.")
+@click.option("--tolerance", default=0.5, show_default=True, help="dB a 2x-steps rerun may move the score.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+def verify(db, sample, tolerance, seed, device):
+    """Re-run a sample of matches at twice the steps with new seeds; flag unconverged ones."""
+    from arena.flags import store_flags
+    from arena.store import queries
+    from arena.store.db import open_writer
+    from arena.verify import not_converged_flags, verify as check
+
+    engine = open_writer(db)
+    results = check(engine, sample, seed, tolerance, device)
+    store_flags(engine, not_converged_flags(results, tolerance), rerun=True)
+    click.echo(queries.format_table(results, ["key", "restorer", "defense", "attack", "threat", "eps",
+                                              "adv_psnr", "adv_psnr_2x", "moved_db", "converged"]))
+    bad = sum(not r["converged"] for r in results)
+    click.echo(f"{len(results) - bad} of {len(results)} converged (tolerance {tolerance} dB)")
+
+
+@main.group()
+def data():
+    """The embedded UDC benchmark and real datasets."""
+
+
+@data.command("preview")
+@click.option("--out", default="data-preview.png", show_default=True)
+@click.option("-n", default=4, show_default=True)
+@click.option("--size", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_preview(out, n, size, seed):
+    """Write a PNG sheet: ground truth, UDC image, PSF (log scale) per sample."""
+    from arena.data import preview
+
+    click.echo(preview(out, n=n, size=size, seed=seed))
+
+
+@data.command("check")
+@click.option("--format", "fmt", type=click.Choice(["discnet", "poled", "toled"]), required=True)
+@click.option("--root", required=True, type=click.Path())
+def data_check(fmt, root):
+    """Validate a real dataset on disk; report what is wrong in plain words."""
+    from arena.data import check_dataset
+
+    problems = check_dataset(fmt, root)
+    for p in problems:
+        click.echo(f"- {p}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {root}")
+    click.echo(f"{root}: a valid {fmt} dataset")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def train(ctx):
+    """Train a restorer: arena train RESTORER [--steps N] [--out DIR] (see --help there)."""
+    from arena.train import main as train_main
+
+    click.echo(train_main(ctx.args))
+
+
+@main.command("train-purifier")
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--out", default="purifier.safetensors", show_default=True)
+@click.option("--size", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def train_purifier(steps, out, size, seed):
+    """Train the diffusion purifier on the embedded benchmark's UDC inputs."""
+    from arena.diffusion import train_purifier as train_fn
+
+    click.echo(train_fn(steps, out, seed=seed, size=size))
+
+
+@main.command()
+@DB_OPTION
+@click.option("--out", default="arena-report", show_default=True)
+def report(db, out):
+    """Write the leaderboard as Markdown plus PNG plots."""
+    from arena.report import write_report
+
+    for path in write_report(db, out):
+        click.echo(path)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import arena
 from arena.data import load_data
+from arena.flags import compute_flags, store_flags
 from arena.plan import Match, Tournament, config_hash, plan
 from arena.plugins import Registry, describe, load_registry
 from arena.run.worker import hardened_key, hardening_link
@@ -142,6 +143,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     report.resumed = len(resumed)
     write.link_matches(engine, tid, resumed)
     if not todo:
+        refresh_flags(engine, registry)
         return report
 
     root = results_dir(db)
@@ -169,7 +171,13 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     finally:
         bar.close()
         ex.close()
+        refresh_flags(engine, registry)
     return report
+
+
+def refresh_flags(engine, registry: Registry) -> None:
+    random = {e.name for e in registry.entries["defense"].values() if e.cls.random}
+    store_flags(engine, compute_flags(engine, random))
 
 
 def _postfix(counts: Counter, running: int) -> dict[str, int]:
