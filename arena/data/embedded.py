@@ -13,6 +13,7 @@ byte-identical tensors.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -194,13 +195,25 @@ def _to_data(arrays: dict[str, np.ndarray]) -> UDCData:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("ARENA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "udc-arena")
+    base = os.environ.get("ARENA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "udc-arena")
     return Path(base) / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Digest of the generator's source. It is part of the cache key so that an edit to the
+    formation that forgot to bump VERSION still cannot serve stale cached data."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in ("psf.py", "formation.py", "embedded.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def cache_path(split: str, size: int, seed: int, cache_dir: str | os.PathLike | None) -> Path:
     d = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return d / f"{VERSION}-{split}-s{size}-seed{seed}.npz"
+    return d / f"{VERSION}-{source_digest()}-{split}-s{size}-seed{seed}.npz"
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -238,7 +251,8 @@ def _read_cache(path: Path, meta: dict) -> UDCData | None:
 def load_embedded(split: str = "test", *, images: int | None = None, size: int = 64,
                   seed: int = 0, cache_dir: str | None = None) -> UDCData:
     path = cache_path(split, size, seed, cache_dir)
-    meta = {"version": VERSION, "split": split, "size": size, "seed": seed}
+    meta = {"version": VERSION, "source": source_digest(), "split": split, "size": size,
+            "seed": seed}
     data = _read_cache(path, meta)
     if data is None:
         arrays = generate(split, size, seed)

@@ -53,6 +53,7 @@ def preview(path: str, n: int = 4, size: int = 64, seed: int = 0, *,
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a picture to share
         os.replace(tmp, out)
     finally:
         plt.close(fig)

@@ -124,7 +124,7 @@ ANGLES: tuple[float, ...] = (0.0, 30.0, 60.0)
 
 
 def pupil(layout: str, angle: float = 0.0, optics: Optics = OPTICS) -> np.ndarray:
-    """Complex-free pupil transmission: circular aperture × rotated display mask, (M, M)."""
+    """Real pupil transmission (M, M): circular lens aperture × rotated display mask."""
     lay = _get_layout(layout)
     m = int(math.ceil(optics.aperture)) + 2
     ss = optics.antialias
@@ -214,4 +214,5 @@ def _get_layout(layout: str) -> Layout:
     try:
         return LAYOUTS[layout]
     except KeyError:
-        raise ValueError(f"unknown display layout {layout!r}; choose from {sorted(LAYOUTS)}") from None
+        raise ValueError(
+            f"unknown display layout {layout!r}; choose from {sorted(LAYOUTS)}") from None

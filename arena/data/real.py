@@ -228,10 +228,12 @@ def _discnet_release_pairs(root: Path, split: str, problems: _Problems) -> list[
         if not psf.is_file():
             problems.add(psf, f"PSF file missing for input folder {d.name}")
             psf = None
-        for p in _pair_by_name(d / split, gt, "*.npy", problems, f"-{d.name}"):
+        for rank, p in enumerate(_pair_by_name(d / split, gt, "*.npy", problems, f"-{d.name}")):
             p.psf, p.code = psf, code if code.is_file() else None
+            p.extra["order"] = (rank, len(pairs))
             pairs.append(p)
-    return pairs
+    # Round robin over the PSF folders, so that `images=N` still spans several PSFs.
+    return sorted(pairs, key=lambda p: p.extra["order"])
 
 
 def _png_pairs(root: Path, split: str, problems: _Problems) -> list[_Pair]:
@@ -321,7 +323,7 @@ def _read_pairs(fmt: str, pairs: list[_Pair], size: int, problems: _Problems):
 
 def _assemble(fmt: str, samples, problems: _Problems) -> UDCData:
     if not samples:
-        raise DataError(f"{fmt}: no image pairs found")
+        raise DataError(f"{fmt}: no readable image pairs")
     shape = samples[0][1].shape
     for s in samples:
         if s[1].shape != shape:
@@ -377,6 +379,8 @@ def load_real(fmt: str, root: str, split: str = "test", *, images: int | None = 
     pairs = _pairs(fmt, root_p, split, problems)
     if isinstance(pairs, tuple):  # .mat stacks
         return _load_mat(fmt, pairs, split, images, size, problems)
+    if not pairs:
+        raise DataError(f"{root_p}: no {fmt} image pairs for split {split!r}")
     if images is not None:
         pairs = pairs[:images]
     return _assemble(fmt, list(_read_pairs(fmt, pairs, size, problems)), problems)
