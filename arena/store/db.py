@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -88,11 +88,13 @@ def open_reader(db: str | Path) -> Engine:
             "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
         )
     else:
-        engine = create_engine(url, execution_options={"postgresql_readonly": True})
+        connect_args = {}
+        if parsed.get_backend_name() == "postgresql":
+            # every pooled connection, not just the first, refuses writes
+            connect_args = {"options": "-c default_transaction_read_only=on"}
+        engine = create_engine(url, connect_args=connect_args)
     try:
         with engine.connect() as conn:
-            if parsed.get_backend_name() != "sqlite":
-                conn.execute(text("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"))
             check_current(conn)
     except OperationalError as exc:
         raise DatabaseError(f"cannot open database {url!r}: {exc.orig}") from None
