@@ -106,3 +106,21 @@ def test_queries_import_neither_torch_nor_ray():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_old_database_is_migrated_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    engine = open_writer(path)
+    tid = write.upsert_tournament(engine, config_hash="h", name="t", config={})
+    write.write_result(engine, tid, _match("k1", "A"), [_score("i1", 30, 20)])
+    with engine.begin() as conn:  # make it look like a database written before m002
+        for col in ("node", "started_at", "finished_at"):
+            conn.execute(text(f"ALTER TABLE matches DROP COLUMN {col}"))
+        conn.execute(text("DELETE FROM schema_migrations WHERE name = 'm002_match_placement'"))
+    engine.dispose()
+    with pytest.raises(SchemaError, match="differs"):
+        open_reader(path)
+    migrated = open_writer(path)
+    cols = {c["name"] for c in inspect(migrated).get_columns("matches")}
+    assert {"node", "started_at", "finished_at"} <= cols
+    assert queries.leaderboard(open_reader(path))[0]["robust_psnr"] == pytest.approx(20)

@@ -91,7 +91,8 @@ def match_row(match: Match, result: dict[str, Any], registry: Registry, version:
         "time_total_s": timings.get("total"), "defense_ms_per_mp": result.get("defense_ms_per_mp"),
         "peak_mem_mb": result.get("peak_mem_mb"), "gradient_calls": result.get("gradient_calls"),
         "trace": result.get("trace"), "start_grad": result.get("start_grad"),
-        "attempts": result.get("attempts", 1),
+        "attempts": result.get("attempts", 1), "node": result.get("node"),
+        "started_at": result.get("started_at"), "finished_at": result.get("finished_at"),
     }
 
 

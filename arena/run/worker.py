@@ -6,6 +6,7 @@ data and rebuilds components by name from its own plugin registry.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from typing import Any
@@ -87,6 +88,7 @@ class Worker:
         """Evaluate one match; never raises for a plugin's fault, returns a failed outcome."""
         if isinstance(match, dict):
             match = Match(**match)
+        started = time.time()
         t0 = time.perf_counter()
         try:
             system = self.system(match)
@@ -96,13 +98,23 @@ class Worker:
         except Exception as exc:
             outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
         outcome.timings["total"] = time.perf_counter() - t0
-        return {"key": match.key, "device": self.device_name(), **outcome.__dict__,
-                "defense_ms_per_mp": self._clean_cost(match)}
+        return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
+                "defense_ms_per_mp": self._clean_cost(match), "started_at": started,
+                "finished_at": time.time()}
 
     def _clean_cost(self, match: Match) -> float | None:
         key = (spec_id(match.restorer), tuple(spec_id(s) for s in match.defense), match.seed)
         c = self._clean.get(key)
         return c.defense_ms_per_mp if c else None
+
+
+def ray_node() -> str | None:
+    """The Ray node this worker runs on, if it runs under Ray."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def hardened_key(restorer: Spec, link: Spec, match: Match) -> str:

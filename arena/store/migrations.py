@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, inspect, select, text
 
 from arena.store import models
 
@@ -23,7 +23,17 @@ def m001_initial(conn: Connection) -> None:
     models.metadata.create_all(conn, tables=tables)
 
 
-MIGRATIONS = [m001_initial]
+def m002_match_placement(conn: Connection) -> None:
+    """Where and when each match ran: the Ray node, and wall-clock start and end."""
+    # A blank database got these from m001's create_all (models.py is the current schema);
+    # a database made before them gets them here.
+    have = {c["name"] for c in inspect(conn).get_columns("matches")}
+    for name, sql_type in (("node", "VARCHAR(100)"), ("started_at", "FLOAT"), ("finished_at", "FLOAT")):
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
+
+
+MIGRATIONS = [m001_initial, m002_match_placement]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 

@@ -82,6 +82,9 @@ matches = Table(
     Column("trace", JSON),
     Column("start_grad", JSON),
     Column("attempts", Integer),
+    Column("node", String(100)),  # m002
+    Column("started_at", Float),  # m002, epoch seconds
+    Column("finished_at", Float),  # m002
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 
