@@ -183,6 +183,7 @@ def refresh_flags(engine, registry: Registry) -> None:
 
 def _postfix(counts: Counter, running: int) -> dict[str, int]:
     return {"done": counts["done"], "failed": counts["failed"], "dq": counts["disqualified"],
+            "skipped": counts["skipped"],
             "running": running}
 
 

@@ -38,7 +38,7 @@ class LocalExecutor:
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
 
-        return {job[0]: build_hardened(*job, device=self.device) for job in jobs}
+        return {job[0]: build_hardened(*job, device=self.device, registry=self.registry) for job in jobs}
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
             on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:

@@ -20,12 +20,12 @@ def cache_dir() -> Path:
 
 
 def build_hardened(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: int,
-                   device: str | None = None) -> str:
+                   device: str | None = None, registry=None) -> str:
     """Run the defense's ``harden`` and store the weights; reuse them if already built."""
     path = cache_dir() / f"{link.name}-{restorer.name}-{key}.safetensors"
     if path.exists() and path.with_suffix(".json").exists():
         return str(path)
-    registry = load_registry()
+    registry = registry or load_registry()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     r = registry.create("restorer", restorer.name, restorer.params)
     d = registry.create("defense", link.name, link.params)
