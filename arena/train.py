@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from arena.api import ConfigError, Restorer
-from arena.data import UDCData, load_data
+from arena.data import UDCData, form_udc, inverse_tonemap, load_data
+from arena.data.embedded import PHOTONS, READ_NOISE
 from arena.metrics import psnr, ssim
 from arena.plugins import Registry, load_registry
 from arena.weights import load_state, read_manifest, save_weights
@@ -44,17 +46,24 @@ def training_data(data: str, size: int, data_seeds: int, data_root: str | None) 
     return [load_data(data, "train", root=data_root, size=size)]
 
 
+def concat(parts: list[UDCData]) -> UDCData:
+    def cat(key: str) -> torch.Tensor | None:
+        if getattr(parts[0], key) is None:
+            return None
+        return torch.cat([getattr(p, key) for p in parts])
+
+    return UDCData(lq=cat("lq"), hq=cat("hq"), psf=cat("psf"), code=cat("code"),
+                   ids=[i for p in parts for i in p.ids], name=parts[0].name,
+                   version=parts[0].version)
+
+
 def split_validation(parts: list[UDCData], n_val: int, seed: int) -> tuple[UDCData, UDCData]:
     """Hold out n_val images of the first part (always the same ones for a seed)."""
     first = parts[0]
     n_val = min(n_val, len(first) // 5)
     perm = torch.randperm(len(first), generator=torch.Generator().manual_seed(seed)).tolist()
     val = first.subset(sorted(perm[:n_val]))
-    rest = [first.subset(sorted(perm[n_val:]))] + parts[1:]
-    cat = lambda key: None if getattr(rest[0], key) is None else torch.cat([getattr(p, key) for p in rest])  # noqa: E731
-    train = UDCData(lq=cat("lq"), hq=cat("hq"), psf=cat("psf"), code=cat("code"),
-                    ids=[i for p in rest for i in p.ids], name=first.name, version=first.version)
-    return train, val
+    return concat([first.subset(sorted(perm[n_val:]))] + parts[1:]), val
 
 
 def psf_invariant_rot180(data: UDCData) -> bool:
@@ -78,7 +87,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, dihedral: bo
     xs, ys = [], []
     for i in range(x.shape[0]):
         if dihedral:
-            k, flip = int(torch.randint(4, (1,), generator=gen)), bool(torch.randint(2, (1,), generator=gen))
+            k = int(torch.randint(4, (1,), generator=gen))
+            flip = bool(torch.randint(2, (1,), generator=gen))
         else:
             k, flip = 2 * int(torch.randint(2, (1,), generator=gen)), False
         a, b = x[i], y[i]
@@ -102,6 +112,62 @@ def random_crop(x: torch.Tensor, y: torch.Tensor, crop: int, gen: torch.Generato
     return torch.stack(xs), torch.stack(ys)
 
 
+class Resynthesis:
+    """Fresh UDC pairs from the training scenes, degraded again with the arena's formation model.
+
+    The ground truth is hq = φ(x), so φ⁻¹(hq) is the exact HDR scene of the crop. Re-exposing
+    it, changing its white balance, turning it and convolving it with any PSF of the set gives
+    pairs that are as physical as the originals (the crop's surroundings come from reflection)
+    but cover colours and exposures nine photographs do not: without them a restorer learns
+    that every smooth region is flare and paints a test photograph's blue sky black. The
+    scene is turned before the PSF is applied, so PSF codes stay exact for every turn and flip.
+    """
+
+    GAIN = (0.5, 2.0)  # exposure, log-uniform
+    WHITE = (0.6, 1.6)  # per-channel gain, log-uniform
+
+    def __init__(self, data: UDCData):
+        if data.psf is None:
+            raise ConfigError(f"dataset '{data.name}' has no PSFs to synthesise pairs with")
+        self.data = data
+        _, first = np.unique(data.code.numpy(), axis=0, return_index=True)
+        self.bank = data.psf[torch.as_tensor(sorted(first))].double().numpy()
+        self.codes = data.code[torch.as_tensor(sorted(first))]
+
+    def pairs(self, idx: torch.Tensor, gen: torch.Generator):
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
+        lqs, hqs, codes = [], [], []
+        for i in idx.tolist():
+            x = inverse_tonemap(self.data.hq[i].double().numpy())
+            x = np.rot90(x, int(rng.integers(4)), axes=(1, 2))
+            if rng.integers(2):
+                x = x[:, :, ::-1]
+            gain = np.exp(rng.uniform(*np.log(self.GAIN)) + rng.uniform(*np.log(self.WHITE), 3))
+            j = int(rng.integers(len(self.bank)))
+            lq, hq = form_udc(np.ascontiguousarray(x) * gain[:, None, None], self.bank[j], rng,
+                              photons=float(np.exp(rng.uniform(*np.log(PHOTONS)))),
+                              read_noise=float(rng.uniform(*READ_NOISE)))
+            lqs.append(torch.from_numpy(lq))
+            hqs.append(torch.from_numpy(hq))
+            codes.append(self.codes[j])
+        return torch.stack(lqs), torch.stack(hqs), torch.stack(codes)
+
+
+def make_batch(train: UDCData, batch: int, crop: int, gen: torch.Generator, dihedral: bool,
+               rot180: bool, synth: Resynthesis | None, synth_share: float):
+    """A training batch (lq, hq, code): stored pairs, then resynthesised ones."""
+    n_syn = int(round(batch * synth_share)) if synth is not None else 0
+    idx = torch.randint(len(train), (batch,), generator=gen)
+    lq, hq = augment(train.lq[idx[n_syn:]], train.hq[idx[n_syn:]], gen, dihedral, rot180)
+    code = None if train.code is None else train.code[idx[n_syn:]]
+    if n_syn:
+        s_lq, s_hq, s_code = synth.pairs(idx[:n_syn], gen)
+        lq, hq = torch.cat([s_lq, lq]), torch.cat([s_hq, hq])
+        code = None if code is None else torch.cat([s_code, code])
+    lq, hq = random_crop(lq, hq, crop, gen)
+    return lq, hq, code
+
+
 # -- evaluation ---------------------------------------------------------------------------------
 
 
@@ -116,7 +182,8 @@ def restore_all(model: torch.nn.Module, data: UDCData, needs_psf: bool,
     return torch.cat(outs)
 
 
-def score(model: torch.nn.Module, data: UDCData, needs_psf: bool, device: torch.device) -> dict[str, float]:
+def score(model: torch.nn.Module, data: UDCData, needs_psf: bool,
+          device: torch.device) -> dict[str, float]:
     """Mean per-image PSNR/SSIM of the restored batch and of the degraded input."""
     was_training = model.training
     model.eval()
@@ -222,7 +289,8 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
                    data: str = "embedded", params: dict[str, Any] | None = None,
                    crop: int | None = None, data_seeds: int = 4, warmup: int | None = None,
                    weight_decay: float = 1e-4, val_every: int | None = None,
-                   threads: int | None = None, work_dir: str | Path | None = None,
+                   synth_share: float = 0.5, threads: int | None = None,
+                   work_dir: str | Path | None = None,
                    registry: Registry | None = None) -> Path:
     """Train restorer ``name`` for ``steps`` steps and write ``out_dir/<name>.safetensors``.
 
@@ -238,12 +306,13 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     dev = _device(device)
     crop = crop or size
     warmup = warmup if warmup is not None else max(1, min(500, steps // 20))
-    val_every = val_every or max(1, min(250, steps // 20))
+    val_every = val_every or max(10, min(250, steps // 20))
     config = {
         "restorer": name, "params": restorer.params.model_dump(mode="json"), "seed": seed,
         "steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop,
         "data": data, "data_root": data_root, "data_seeds": data_seeds, "warmup": warmup,
         "weight_decay": weight_decay, "val_every": val_every, "loss": "l1",
+        "synth_share": synth_share,
     }
 
     parts = training_data(data, size, data_seeds, data_root)
@@ -252,6 +321,7 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     needs_psf = restorer.needs_psf
     # PSF-conditioned restorers only get augmentations that keep the kernel code true.
     dihedral, rot180 = (False, psf_invariant_rot180(train)) if needs_psf else (True, False)
+    synth = Resynthesis(train) if synth_share > 0 and train.psf is not None else None
 
     torch.manual_seed(seed)
     model = restorer.build().to(dev).train()
@@ -273,17 +343,16 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
                disable=not progress, dynamic_ncols=True)
     loss_ema = None
     for step in bar:
-        idx = torch.randint(len(train), (batch,), generator=gen)
-        lq, hq = random_crop(train.lq[idx], train.hq[idx], crop, gen)
-        lq, hq = augment(lq, hq, gen, dihedral, rot180)
-        args = (train.code[idx].to(dev),) if needs_psf else ()
+        lq, hq, code = make_batch(train, batch, crop, gen, dihedral, rot180, synth, synth_share)
+        args = (code.to(dev),) if needs_psf else ()
         loss = F.l1_loss(model(lq.to(dev), *args), hq.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss_ema = float(loss) if loss_ema is None else 0.98 * loss_ema + 0.02 * float(loss)
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
 
         done = step + 1
         if done % val_every == 0 or done == steps:
@@ -291,7 +360,8 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
             if v > best_val:
                 best_val, best_step = v, done
                 best = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
-            bar.set_postfix(loss=f"{loss_ema:.4f}", val=f"{v:.2f}", best=f"{best_val:.2f}@{best_step}")
+            bar.set_postfix(loss=f"{loss_ema:.4f}", val=f"{v:.2f}",
+                            best=f"{best_val:.2f}@{best_step}")
             ckpt.save(done, model, opt, best, gen, {
                 "config": config, "best_val_psnr": best_val, "best_step": best_step,
                 "wall_time_s": time.perf_counter() - t0,
@@ -310,6 +380,9 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
         "train_data_hashes": [p.hash for p in parts],
         "val": {"images": len(val), "best_psnr": best_val, "best_step": best_step},
         "augment": "dihedral" if dihedral else ("rot180" if rot180 else "none"),
+        "resynthesis": None if synth is None else {
+            "share": synth_share, "exposure": Resynthesis.GAIN, "white_balance": Resynthesis.WHITE,
+            "photons": PHOTONS, "read_noise": READ_NOISE, "psfs": len(synth.bank)},
         "test": {"split": "test", "size": size, "seed": 0, "dataset": data},
         "clean_psnr": result["psnr"], "clean_ssim": result["ssim"],
         "input_psnr": result["input_psnr"], "input_ssim": result["input_ssim"],
@@ -350,6 +423,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--data-seeds", type=int, default=4, help="embedded draws of crops/noise")
+    ap.add_argument("--synth-share", type=float, default=0.5,
+                    help="share of each batch resynthesised from the training scenes")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -360,7 +435,7 @@ def main(argv: list[str] | None = None) -> Path:
         a.restorer, a.steps, a.out, seed=a.seed, size=a.size, batch=a.batch, lr=a.lr,
         device=a.device, resume=not a.no_resume, data_root=a.data_root, progress=not a.quiet,
         data=a.data, params=_parse_params(a.param), crop=a.crop, data_seeds=a.data_seeds,
-        threads=a.threads,
+        synth_share=a.synth_share, threads=a.threads,
     )
     m = read_manifest(path)
     print(f"{path}: clean PSNR {m['clean_psnr']:.2f} dB, SSIM {m['clean_ssim']:.4f} "

@@ -32,8 +32,11 @@ def names(flags):
 
 def test_iterative_weaker_than_fgsm(tmp_path):
     bad = store(tmp_path, [("fgsm", "white-box", "oblivious", 0.03, {"a": 20, "b": 20}, {}),
-                           ("pgd", "white-box", "oblivious", 0.03, {"a": 22, "b": 22}, {})])
-    assert names(compute_flags(bad)) == ["weaker-than-fgsm"]
+                           ("pgd", "white-box", "oblivious", 0.03, {"a": 22, "b": 22}, {"gradient_calls": 10}),
+                           ("rfgsm", "white-box", "oblivious", 0.03, {"a": 22, "b": 22}, {"gradient_calls": 1})])
+    flags = compute_flags(bad)
+    assert names(flags) == ["weaker-than-fgsm"]
+    assert [f["attack"] for f in flags] == ["pgd"]  # a single-step attack is not held to it
 
 
 def test_iterative_stronger_than_fgsm_is_fine(tmp_path):

@@ -192,7 +192,7 @@ def _hardening_jobs(todo: list[Match], registry: Registry) -> list[tuple]:
     for m in todo:
         link = hardening_link(m, registry)
         if link is not None:
-            key = hardened_key(m.restorer, link, m)
+            key = hardened_key(m.restorer, link, m, registry)
             jobs[key] = (key, m.restorer, link, m.data, m.seed)
     return list(jobs.values())
 

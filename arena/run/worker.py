@@ -64,7 +64,7 @@ class Worker:
         link = hardening_link(match, self.registry)
         weights = None
         if link is not None:
-            weights = self.hardened[hardened_key(match.restorer, link, match)]
+            weights = self.hardened[hardened_key(match.restorer, link, match, self.registry)]
         model = self.model(match.restorer, weights)
         links = [self.registry.create("defense", s.name, s.params) for s in match.defense]
         needs_psf = self.registry.get("restorer", match.restorer.name).cls.needs_psf
@@ -117,12 +117,15 @@ def ray_node() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def hardened_key(restorer: Spec, link: Spec, match: Match) -> str:
-    """Content key of a hardened restorer: what it was built from, not which match asked."""
+def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
+    """Content key of a hardened restorer: what it was built from (including the versions of
+    the plugins that built it), not which match asked."""
     import hashlib
     import json
 
+    versions = [registry.get(role, s.name).version for role, s in (("restorer", restorer), ("defense", link))]
     blob = json.dumps({"restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
+                       "versions": versions,
                        "data": match.data.model_dump(mode="json", exclude={"split", "images"}),
                        "seed": match.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

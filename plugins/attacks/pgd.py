@@ -22,7 +22,11 @@ def mean_loss(target, x, hq):
 
 def reference(target, hq):
     """What the objective compares the output with: the clean output for mse_clean, else hq."""
-    return target.clean_out if target.objective == "mse_clean" else hq
+    if target.objective != "mse_clean":
+        return hq
+    if target.clean_out is None:
+        raise ValueError("objective 'mse_clean' needs the clean output")
+    return target.clean_out
 
 
 def steered_loss_grad(target, x, hq, steer):
@@ -61,14 +65,19 @@ class PGD(Attack):
 
     class Params(AttackParams):
         step: float = Field(2.5, gt=0, le=100, description="step size as a multiple of eps/steps")
-        random_start: bool = True
-        restarts: int = Field(1, ge=1, le=100)
+        random_start: bool = Field(True, description="start every run at a random point of the "
+                                   "ball; if false the first run starts at the clean input and "
+                                   "only the restarts after it at random points")
+        restarts: int = Field(1, ge=1, le=100, description="runs; the best per image is kept")
 
     def perturb(self, target, lq, hq, budget, generator):
         p = self.params
         best, best_loss = lq, torch.full((lq.shape[0],), -torch.inf, device=lq.device)
-        for _ in range(p.restarts):
-            x = self.random_start(lq, budget, generator) if p.random_start else lq
+        for run in range(p.restarts):
+            # Restorers are close to linear over the budget, so the gradient at the clean input
+            # already points to the best corner; a random start can only find a worse one there.
+            # Restarts from the same clean point would repeat the first run, hence random.
+            x = self.random_start(lq, budget, generator) if p.random_start or run else lq
             best, best_loss = self.climb(target, x, lq, hq, budget, best, best_loss)
         return best
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from art.defences.preprocessor import JpegCompression
 
 from arena.api import Defense, Field, Params
 from arena.hookspecs import hookimpl
@@ -18,6 +17,8 @@ class JPEG(Defense):
         quality: int = Field(75, ge=1, le=95, description="JPEG quality factor")
 
     def purify(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from art.defences.preprocessor import JpegCompression  # ART is slow to import: only when used
+
         jpeg = JpegCompression(clip_values=(0.0, 1.0), quality=self.params.quality,
                                channels_first=True, apply_predict=True)
         out, _ = jpeg(x.detach().cpu().numpy().astype(np.float32))

@@ -59,6 +59,26 @@ class ResidualRestorer(nn.Module):
         return (x + self.residual(x, *cond))[..., :h, :w]
 
 
+class ResBlock(nn.Module):
+    """conv-LeakyReLU-conv with an identity skip (EDSR/BasicSR style, no normalisation)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(c, c, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def conv_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """A 3x3 convolution followed by LeakyReLU(0.2)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+                         nn.LeakyReLU(0.2, inplace=True))
+
+
 def zero_init(layer: nn.Module) -> nn.Module:
     """Zero a layer's weights and bias, so a residual network starts as the identity."""
     nn.init.zeros_(layer.weight)

@@ -6,22 +6,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 from torch import nn
 
 from arena.api import Field, Params, Restorer
 from arena.hookspecs import hookimpl
-from arena_plugins.restorers.common import ResidualRestorer, zero_init
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c, c, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+from arena_plugins.restorers.common import ResBlock, ResidualRestorer, zero_init
 
 
 def encoder(cin: int, chans: list[int], blocks: int) -> nn.ModuleList:
@@ -29,7 +19,8 @@ def encoder(cin: int, chans: list[int], blocks: int) -> nn.ModuleList:
     stages = nn.ModuleList()
     for i, c in enumerate(chans):
         stages.append(nn.Sequential(
-            nn.Conv2d(cin, c, 3, stride=1 if i == 0 else 2, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cin, c, 3, stride=1 if i == 0 else 2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
             *(ResBlock(c) for _ in range(blocks)),
         ))
         cin = c
@@ -37,7 +28,7 @@ def encoder(cin: int, chans: list[int], blocks: int) -> nn.ModuleList:
 
 
 def dynamic_conv(x: torch.Tensor, filters: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-pixel, per-channel k x k filtering: filters (N, C*k*k, H, W) applied to x (N, C, H, W)."""
+    """Per-pixel, per-channel k x k filtering of x (N, C, H, W) by filters (N, C*k*k, H, W)."""
     n, c, h, w = x.shape
     patches = F.unfold(x, k, padding=k // 2).view(n, c, k * k, h, w)
     return (patches * filters.view(n, c, k * k, h, w)).sum(2)
@@ -111,10 +102,15 @@ class DISCNet(Restorer):
         blocks: int = Field(1, ge=1, le=4, description="residual blocks per encoder scale")
         kernel: int = Field(3, ge=1, le=7, description="dynamic filter size (odd)")
 
+        @field_validator("kernel")
+        @classmethod
+        def _odd(cls, k: int) -> int:
+            if k % 2 == 0:
+                raise ValueError("must be odd")
+            return k
+
     def build(self) -> nn.Module:
         p = self.params
-        if p.kernel % 2 == 0:
-            raise ValueError(f"discnet kernel must be odd, got {p.kernel}")
         return DISCNetModule(p.width, p.code_dim, p.scales, p.blocks, p.kernel)
 
 

@@ -11,8 +11,8 @@ class Tiny(Restorer):
     name = "tiny"
 
     class Params(Params):
-        width: int = Field(8, ge=1, le=256)
-        depth: int = Field(3, ge=2, le=20)
+        width: int = Field(8, ge=1, le=256, description="channels of the hidden layers")
+        depth: int = Field(3, ge=2, le=20, description="number of convolutions")
         seed: int = Field(0, ge=0, description="initialisation seed")
 
     def build(self):

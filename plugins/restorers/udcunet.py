@@ -9,18 +9,7 @@ from torch import nn
 
 from arena.api import Field, Params, Restorer
 from arena.hookspecs import hookimpl
-from arena_plugins.restorers.common import ResidualRestorer, zero_init
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c, c, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+from arena_plugins.restorers.common import ResBlock, ResidualRestorer, conv_act, zero_init
 
 
 class Modulation(nn.Module):
@@ -41,18 +30,16 @@ class UDCUNetModule(ResidualRestorer):
         super().__init__()
         self.multiple = 2**levels
         chans = [width * 2**i for i in range(levels + 1)]
-        self.head = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.head = conv_act(3, width)
         # The condition branch reads the degraded image and produces one map per scale: where
         # the flare and saturation are, which the base network's filters cannot see locally.
-        self.cond_head = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
-        self.cond_downs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1),
-                          nn.LeakyReLU(0.2, inplace=True))
-            for i in range(levels)
-        )
-        self.enc = nn.ModuleList(nn.Sequential(*(ResBlock(c) for _ in range(blocks))) for c in chans[:-1])
+        self.cond_head = conv_act(3, width)
+        self.cond_downs = nn.ModuleList(conv_act(chans[i], chans[i + 1], 2) for i in range(levels))
+        self.enc = nn.ModuleList(nn.Sequential(*(ResBlock(c) for _ in range(blocks)))
+                                 for c in chans[:-1])
         self.enc_mod = nn.ModuleList(Modulation(c, c) for c in chans[:-1])
-        self.downs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(levels))
+        self.downs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2)
+                                   for i in range(levels))
         self.middle = nn.Sequential(*(ResBlock(chans[-1]) for _ in range(middle_blocks)))
         self.middle_mod = Modulation(chans[-1], chans[-1])
         self.ups = nn.ModuleList(
@@ -90,7 +77,8 @@ class UDCUNet(Restorer):
         width: int = Field(16, ge=4, le=64, description="channels at full resolution")
         levels: int = Field(3, ge=1, le=4, description="downsamplings")
         blocks: int = Field(1, ge=1, le=4, description="residual blocks per encoder/decoder level")
-        middle_blocks: int = Field(2, ge=1, le=8, description="residual blocks at the lowest resolution")
+        middle_blocks: int = Field(2, ge=1, le=8,
+                                   description="residual blocks at the lowest resolution")
 
     def build(self) -> nn.Module:
         p = self.params

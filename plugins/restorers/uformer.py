@@ -101,7 +101,8 @@ class UformerModule(ResidualRestorer):
         self.intro = nn.Sequential(nn.Conv2d(3, dim, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
         dims = [dim * 2**i for i in range(levels + 1)]
         heads = [max(1, d // head_dim) for d in dims]
-        self.encoders = nn.ModuleList(Stage(dims[i], depth, heads[i], win, ratio) for i in range(levels))
+        self.encoders = nn.ModuleList(Stage(dims[i], depth, heads[i], win, ratio)
+                                      for i in range(levels))
         # Uformer's downsampling: a 4x4 stride-2 convolution doubling the channels.
         self.downs = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], 4, 2, 1) for i in range(levels))
         self.bottleneck = Stage(dims[-1], depth, heads[-1], win, ratio)

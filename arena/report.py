@@ -1,0 +1,218 @@
+"""`arena report`: the dashboard's main views as files, for papers, READMEs and CI artifacts.
+
+Writes a Markdown leaderboard and PNG plots (heat maps, PSNR-versus-ε curves, a gallery sheet)
+with matplotlib's Agg backend, so it runs on a machine with no display. Reads the database
+read-only and imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from arena.store import queries, views
+from arena.store.db import open_reader
+
+LEADERBOARD = [("rank", "rank", "{}"), ("restorer", "restorer", "{}"), ("defense", "defense", "{}"),
+               ("clean_psnr", "clean PSNR", "{:.2f}"), ("clean_ssim", "clean SSIM", "{:.4f}"),
+               ("robust_psnr", "robust PSNR", "{:.2f}"), ("robust_ssim", "robust SSIM", "{:.4f}"),
+               ("drop_psnr", "drop", "{:.2f}"), ("worst_attack", "worst attack", "{}"),
+               ("defense_ms_per_mp", "defense ms/MP", "{:.1f}"), ("n_images", "images", "{}"),
+               ("n_seeds", "seeds", "{}"), ("flags", "sanity flags", "{}")]
+ATTACKS = [("rank", "rank", "{}"), ("attack", "attack", "{}"), ("attack_kind", "kind", "{}"),
+           ("damage_psnr", "PSNR damage", "{:.2f}"), ("damage_ssim", "SSIM damage", "{:.4f}"),
+           ("worst_for", "worst for", "{}"), ("n_systems", "systems", "{}"),
+           ("time_attack_s", "time (s/match)", "{:.3f}"), ("gradient_calls", "gradient calls", "{:.0f}"),
+           ("queries", "queries / image", "{:.0f}")]
+
+
+def write_report(db: str | Path, out_dir: str | Path = "arena-report",
+                 tournament_id: int | None = None) -> list[Path]:
+    """Write ``leaderboard.md`` and its PNG figures into ``out_dir``; return the paths written.
+
+    ``tournament_id`` picks the tournament (default: the most recently run one), as the
+    dashboard does; its resumed matches count too.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: no display, no GUI toolkit
+    engine = open_reader(db)
+    tid = tournament_id if tournament_id is not None else queries.latest_tournament_id(engine)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = views.leaderboard(engine, tid)
+    figures = []
+    if rows:
+        figures.append(_heatmaps(engine, tid, rows, out / "heatmap.png"))
+        for norm in sorted({r["norm"] for r in rows}):
+            figures.append(_curves(engine, tid, norm, out / f"eps_curves_{norm}.png"))
+    sheet = _gallery_sheet(engine, tid, rows, db, out / "gallery.png")
+    if sheet:
+        figures.append(sheet)
+    md = out / "leaderboard.md"
+    md.write_text(_markdown(engine, tid, rows, db, figures))
+    return [md, *figures]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or value == "":
+        return ""
+    try:
+        text = spec.format(value)
+    except (ValueError, TypeError):
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> list[str]:
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(k), spec) for k, _, spec in columns) + " |" for r in rows]
+    return lines
+
+
+def _budget_title(b: dict[str, Any]) -> str:
+    k = b["eps"] * 255
+    eps = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{b['eps']:.4g}"
+    return f"{b['threat']}, {b['norm']} ε = {eps}"
+
+
+def _by_budget(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["threat"], r["norm"], r["eps"]), []).append(r)
+    return groups
+
+
+def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
+    t = next((t for t in queries.tournaments(engine) if t["id"] == tid), None)
+    lines = [f"# udc-arena report: {t['name'] if t else 'all stored matches'}", ""]
+    if t:
+        lines += [f"- tournament #{t['id']}, last run {t['updated_at']}, seed {t['seed']}, host {t['host']}",
+                  f"- code {t['code_version']}; data {t['data_version']} ({(t['data_hash'] or '')[:12]})",
+                  "- plugins: " + ", ".join(f"{k} ({v})" for k, v in sorted((t["plugin_versions"] or {}).items())),
+                  f"- command: `{t['command']}`"]
+    counts = queries.status_counts(engine, tid)
+    lines += ["- matches: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),
+              f"- written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{db}`", ""]
+    lines += ["Robust PSNR/SSIM: per image, the worst case over every attack; then the mean over "
+              "images. Threat models and budgets are never mixed.", ""]
+    if not rows:
+        lines += ["No scored matches yet.", ""]
+    for (threat, norm, eps), members in _by_budget(rows).items():
+        lines += [f"## Leaderboard: {_budget_title(members[0])}", "", *_md_table(members, LEADERBOARD), ""]
+    for (threat, norm, eps), members in _by_budget(views.attack_ranking(engine, tid)).items():
+        lines += [f"## Attacks: {_budget_title(members[0])}", "", *_md_table(members, ATTACKS), ""]
+    problems = views.problem_matches(engine, tid)
+    if problems:
+        lines += ["## Failed, disqualified and skipped matches", ""]
+        for p in problems:
+            lines.append(f"- **{p['status']}** {p['threat']} {p['norm']} ε={p['eps']:.4g} "
+                         f"{p['restorer']} + {p['defense']} vs {p['attack']}: {_fmt(p['reason'], '{}')} "
+                         f"(`{views.reproduce_command(p['key'], db)}`)")
+        lines.append("")
+    for f in figures:
+        lines += [f"![{f.stem}]({f.name})", ""]
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _heatmaps(engine, tid, rows, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    budgets = list(_by_budget(rows))
+    restorers = sorted({r["restorer"] for r in rows})
+    fig, axes = plt.subplots(len(budgets), len(restorers), squeeze=False,
+                             figsize=(4.2 * len(restorers), 3.0 * len(budgets)))
+    for (threat, norm, eps), ax_row in zip(budgets, axes):
+        for restorer, ax in zip(restorers, ax_row):
+            cells = views.matrix(engine, tid, restorer=restorer, threat=threat, norm=norm, eps=eps)
+            _heatmap(ax, cells, f"{restorer} | {_budget_title({'threat': threat, 'norm': norm, 'eps': eps})}")
+    fig.suptitle("Robust PSNR (dB), attack × defense (ALL: worst case over attacks)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _heatmap(ax, cells, title: str) -> None:
+    import numpy as np
+
+    ax.set_title(title, fontsize=9)
+    if not cells:
+        ax.axis("off")
+        return
+    attacks = sorted({c["attack"] for c in cells} - {"ALL"}) + ["ALL"]
+    defenses = sorted({c["defense"] for c in cells})
+    grid = np.full((len(attacks), len(defenses)), np.nan)
+    for c in cells:
+        grid[attacks.index(c["attack"]), defenses.index(c["defense"])] = c["robust_psnr"]
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(defenses)), defenses, fontsize=8)
+    ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _curves(engine, tid, norm: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in views.eps_curves(engine, tid, norm=norm) if r["attack"] == "ALL"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, threat in zip(axes, ("oblivious", "adaptive")):
+        part = [r for r in rows if r["threat"] == threat]
+        for system in sorted({r["system"] for r in part}):
+            pts = sorted((r["eps"] * 255, r["robust_psnr"]) for r in part if r["system"] == system)
+            ax.plot(*zip(*pts), marker="o", label=system)
+        ax.set_title(threat)
+        ax.set_xlabel(f"ε ({norm}, ×1/255)")
+        ax.grid(alpha=0.3)
+        if part:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {threat} matches", ha="center", transform=ax.transAxes)
+    axes[0].set_ylabel("robust PSNR (dB), worst case over attacks")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _gallery_sheet(engine, tid, rows, db, path: Path, max_images: int = 4) -> Path | None:
+    """One match's samples: the top system at the hardest budget, under its worst attack."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    found = views.gallery_matches(engine, tid)
+    if not found:
+        return None
+    top = max(rows, key=lambda r: (r["threat"] == "adaptive", r["eps"], -r["rank"])) if rows else None
+    match = next((m for m in found if top and all(m[k] == top[k] for k in queries.GROUP)
+                  and m["attack"] == top["worst_attack"]), found[0])
+    images = views.gallery(engine, match["id"], db)[:max_images]
+    kinds = views.SAMPLE_KINDS
+    fig, axes = plt.subplots(len(images), len(kinds), squeeze=False, figsize=(2.1 * len(kinds), 2.3 * len(images)))
+    for img, ax_row in zip(images, axes):
+        for kind, ax in zip(kinds, ax_row):
+            ax.axis("off")
+            p = img["paths"].get(kind)
+            if p and Path(p).is_file():
+                ax.imshow(Image.open(p), interpolation="nearest")
+            title = views.SAMPLE_TITLES[kind]
+            if kind == "restored_clean" and img.get("clean_psnr") is not None:
+                title += f"\n{img['clean_psnr']:.2f} dB"
+            if kind == "restored_adv" and img.get("adv_psnr") is not None:
+                title += f"\n{img['adv_psnr']:.2f} dB"
+            ax.set_title(title, fontsize=8)
+        ax_row[0].text(-0.1, 0.5, img["image"], rotation=90, ha="right", va="center",
+                       fontsize=7, transform=ax_row[0].transAxes)
+    fig.suptitle(f"{_budget_title(match)}: {match['restorer']} + {match['defense']} vs {match['attack']} "
+                 f"(match {match['key']})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

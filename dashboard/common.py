@@ -1,0 +1,89 @@
+"""What every dashboard page shares: the read-only engine, cached queries, labels.
+
+The pages never write: the engine comes from :func:`arena.store.db.open_reader`, which opens
+SQLite in ``mode=ro`` (and PostgreSQL in read-only transactions).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from arena.store import queries, views
+from arena.store.db import DEFAULT_DB, open_reader
+
+# A tournament still running keeps writing: cached results go stale after this many seconds.
+TTL_S = 15
+#: the sidebar's choice meaning "every stored match" (a string: None would read as "no choice")
+ALL = "all"
+
+
+def db_url() -> str:
+    return os.environ.get("ARENA_DB", DEFAULT_DB)
+
+
+@st.cache_resource(show_spinner=False)
+def engine(db: str):
+    return open_reader(db)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def view(name: str, db: str, *args: Any, **kwargs: Any):
+    """``arena.store.views.<name>(engine, *args, **kwargs)``, cached per arguments."""
+    return getattr(views, name)(engine(db), *args, **kwargs)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def query(name: str, db: str, *args: Any, **kwargs: Any):
+    """``arena.store.queries.<name>(engine, *args, **kwargs)``, cached per arguments."""
+    return getattr(queries, name)(engine(db), *args, **kwargs)
+
+
+def tournament_id() -> int | None:
+    """The tournament chosen in the sidebar (``None``: every stored match)."""
+    choice = st.session_state.get("tournament")
+    return None if choice == ALL else choice
+
+
+def eps_label(norm: str, eps: float) -> str:
+    """ε as a fraction of 255 where it is one (8/255), else as a decimal."""
+    k = eps * 255
+    frac = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+    return f"{norm} ε={frac}"
+
+
+def budget_label(b: dict[str, Any]) -> str:
+    return f"{b['threat']} · {eps_label(b['norm'], b['eps'])}"
+
+
+def same_budget(row: dict[str, Any], budget: dict[str, Any]) -> bool:
+    return (row["threat"], row["norm"]) == (budget["threat"], budget["norm"]) and abs(row["eps"] - budget["eps"]) < 1e-12
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+
+
+def number(label: str, fmt: str = "%.2f", help: str | None = None):
+    return st.column_config.NumberColumn(label, format=fmt, help=help)
+
+
+LEADERBOARD_COLUMNS = {
+    "rank": st.column_config.NumberColumn("rank", format="%d"),
+    "restorer": st.column_config.TextColumn("restorer"),
+    "defense": st.column_config.TextColumn("defense"),
+    "clean_psnr": number("clean PSNR", help="Defended system on clean input, dB"),
+    "clean_ssim": number("clean SSIM", "%.4f"),
+    "robust_psnr": number("robust PSNR", help="Mean over images of the per-image worst case over the counted attacks, dB"),
+    "robust_ssim": number("robust SSIM", "%.4f"),
+    "drop_psnr": number("drop", help="clean PSNR - robust PSNR, dB"),
+    "worst_attack": st.column_config.TextColumn("worst attack"),
+    "defense_ms_per_mp": number("defense ms/MP", "%.1f", help="Defense time per megapixel"),
+    "n_images": st.column_config.NumberColumn("images", format="%d"),
+    "n_attacks": st.column_config.NumberColumn("attacks", format="%d"),
+    "n_seeds": st.column_config.NumberColumn("seeds", format="%d"),
+    "flags": st.column_config.TextColumn("sanity flags", width="large"),
+}

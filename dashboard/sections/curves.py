@@ -1,0 +1,51 @@
+"""Robust PSNR against ε, oblivious and adaptive side by side."""
+
+import altair as alt
+import streamlit as st
+
+import common
+
+db, tid = common.db_url(), common.tournament_id()
+st.title("PSNR vs ε")
+st.caption("ε = 0 is the clean PSNR of the defended system. ALL: the worst case over the chosen "
+           "attacks. A curve that does not fall as ε grows hints at a weak attack or masked gradients.")
+
+opts = common.view("options", db, tid)
+if not opts["norm"]:
+    st.info("No scored matches yet.")
+    st.stop()
+c1, c2, c3, c4 = st.columns(4)
+norm = c1.selectbox("Norm", opts["norm"])
+restorers = c2.multiselect("Restorer", opts["restorer"], placeholder="all")
+defenses = c3.multiselect("Defense", opts["defense"], placeholder="all")
+attacks = c4.multiselect("Attacks", ["ALL", *opts["attack"]], default=["ALL"],
+                         help="ALL is the worst case over every attack (or over those chosen here).")
+chosen = [a for a in attacks if a != "ALL"]
+rows = common.view("eps_curves", db, tid, norm=norm, restorers=restorers or None,
+                   defenses=defenses or None, attacks=chosen or None)
+rows = [r for r in rows if r["attack"] in (attacks or ["ALL"])]
+if not rows:
+    st.info("No scored matches for this selection.")
+    st.stop()
+
+data = common.frame(rows, ["threat", "system", "attack", "eps", "robust_psnr"])
+data["eps_255"] = data["eps"] * 255
+lo, hi = data["robust_psnr"].min(), data["robust_psnr"].max()
+pad = max(0.5, 0.05 * (hi - lo))
+columns = st.columns(2)
+for col, threat in zip(columns, ("oblivious", "adaptive")):
+    col.subheader(threat)
+    part = data[data["threat"] == threat]
+    if part.empty:
+        col.info(f"No {threat} matches.")
+        continue
+    chart = alt.Chart(part).mark_line(point=True).encode(
+        x=alt.X("eps_255:Q", title=f"ε ({norm}, ×1/255)"),
+        # one y scale for both sides, so the two threat models compare at a glance
+        y=alt.Y("robust_psnr:Q", title="robust PSNR (dB)", scale=alt.Scale(domain=[lo - pad, hi + pad])),
+        color=alt.Color("system:N", title="system"),
+        strokeDash=alt.StrokeDash("attack:N", title="attack"),
+        tooltip=["system", "attack", alt.Tooltip("eps_255:Q", format=".2f", title="ε×255"),
+                 alt.Tooltip("robust_psnr:Q", format=".2f")],
+    ).properties(height=380)
+    col.altair_chart(chart, width="stretch")

@@ -1,0 +1,46 @@
+"""Attack x defense heat map of robust PSNR for one restorer and budget."""
+
+import altair as alt
+import streamlit as st
+
+import common
+
+db, tid = common.db_url(), common.tournament_id()
+st.title("Matrix")
+st.caption("Each cell: robust PSNR of the restorer behind that defense against that attack alone "
+           "(mean over images of the per-image worst case over its seeds). Row ALL: the worst "
+           "case over every attack, as on the leaderboard.")
+
+opts = common.view("options", db, tid)
+budgets = common.view("budgets", db, tid)
+if not budgets:
+    st.info("No scored matches yet.")
+    st.stop()
+c1, c2 = st.columns(2)
+restorer = c1.selectbox("Restorer", opts["restorer"])
+budget = c2.selectbox("Threat model and budget", budgets, format_func=common.budget_label,
+                      index=len(budgets) - 1)
+cells = common.view("matrix", db, tid, restorer=restorer, threat=budget["threat"],
+                    norm=budget["norm"], eps=budget["eps"])
+if not cells:
+    st.info(f"No scored matches for {restorer} at {common.budget_label(budget)}.")
+    st.stop()
+
+data = common.frame(cells, ["attack", "defense", "robust_psnr", "clean_psnr", "n_images"])
+order = sorted({c["attack"] for c in cells} - {"ALL"}) + ["ALL"]
+base = alt.Chart(data).encode(
+    x=alt.X("defense:N", title="defense", axis=alt.Axis(labelAngle=0, orient="top")),
+    y=alt.Y("attack:N", title="attack", sort=order),
+)
+heat = base.mark_rect().encode(
+    color=alt.Color("robust_psnr:Q", title="robust PSNR (dB)", scale=alt.Scale(scheme="viridis")),
+    tooltip=["attack", "defense", alt.Tooltip("robust_psnr:Q", format=".2f"),
+             alt.Tooltip("clean_psnr:Q", format=".2f"), "n_images"],
+)
+labels = base.mark_text(baseline="middle", fontSize=13).encode(
+    text=alt.Text("robust_psnr:Q", format=".2f"),
+    color=alt.value("white"),
+)
+st.altair_chart((heat + labels).properties(height=max(160, 56 * len(order))), width="stretch")
+table = data.pivot(index="attack", columns="defense", values="robust_psnr").reindex(order)
+st.dataframe(table, column_config={c: common.number(c) for c in table.columns}, key="matrix-table")

@@ -1,0 +1,367 @@
+"""The dashboard (every page, through Streamlit's AppTest), its queries and `arena report`.
+
+One small real tournament is run once for the module, plus a tiny broken one (a disqualified
+and a failed match), into the same database. The numbers the pages show are checked against
+the store's queries and against a plain-Python recomputation from the raw score rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from arena.api import Attack
+from arena.plugins import load_registry
+from arena.run.driver import run_tournament
+from arena.store import models, queries, views
+from arena.store.db import open_reader, open_writer
+from helpers import Boom, Cheat, config, module_with
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+PAGES = ["attacks", "matrix", "curves", "gallery", "runs"]
+
+
+class SignNoise(Attack):
+    """Random-sign noise at the full budget (a decision-free floor; test fixture)."""
+
+    name = "signnoise"
+    kind = "decision-free"
+
+    def perturb(self, target, lq, hq, budget, generator):
+        u = torch.rand(lq.shape, generator=generator, device=generator.device).to(lq.device)
+        return self.project(lq + budget.eps * torch.sign(u - 0.5), lq, budget)
+
+
+@pytest.fixture(scope="module")
+def arena_db(tmp_path_factory):
+    """(db path, id of the broken tournament, id of the main one); the main one ran last."""
+    db = str(tmp_path_factory.mktemp("dash") / "arena.db")
+    registry = load_registry(modules=(module_with(SignNoise, Cheat, Boom),))
+    broken = run_tournament(
+        config(name="broken", restorers=["identity"], defenses=["none"], attacks=["cheat", "boom", "fgsm"]),
+        db, executor="local", progress=False, command="arena run broken.toml", registry=registry)
+    main = run_tournament(
+        config(threat_models=["oblivious", "adaptive"],
+               budgets=[{"eps": "4/255", "steps": 2}, {"eps": "8/255", "steps": 2}],
+               attacks=["fgsm", {"name": "pgd", "restarts": 1}, "signnoise"]),
+        db, executor="local", progress=False, command="arena run small.toml", registry=registry)
+    # one flag of a known text beside those the driver computed, to check it is shown as stored
+    with open_writer(db).begin() as conn:
+        conn.execute(models.flags.insert().values(
+            threat="oblivious", norm="linf", eps=8 / 255, restorer="tiny", defense="jpeg",
+            attack="pgd", flag="test-only", reason="stored by the dashboard test"))
+    return db, broken.tournament_id, main.tournament_id
+
+
+@pytest.fixture
+def app(arena_db, monkeypatch):
+    monkeypatch.setenv("ARENA_DB", arena_db[0])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def reference_leaderboard(db: str, tid: int, kinds=None) -> dict[tuple, dict[str, float]]:
+    """Robust PSNR recomputed in plain Python from the raw rows: per image, the worst
+    adversarial PSNR over the counted attacks; then the mean over images."""
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "select m.threat, m.norm, m.eps, m.restorer, m.defense, m.attack_kind, s.image, "
+        "s.clean_psnr, s.adv_psnr from scores s join matches m on s.match_id = m.id "
+        "join tournament_matches t on t.match_id = m.id "
+        "where m.status = 'done' and t.tournament_id = ?", (tid,)).fetchall()
+    con.close()
+    worst: dict[tuple, float] = {}
+    clean: dict[tuple, float] = {}
+    for threat, norm, eps, restorer, defense, kind, image, c, a in rows:
+        if kinds and kind not in kinds:
+            continue
+        k = (threat, norm, eps, restorer, defense, image)
+        worst[k] = min(worst.get(k, math.inf), a)
+        clean[k] = c
+    out: dict[tuple, list] = {}
+    for k, v in worst.items():
+        out.setdefault(k[:5], []).append((clean[k], v))
+    return {k: {"clean_psnr": sum(c for c, _ in v) / len(v), "robust_psnr": sum(a for _, a in v) / len(v),
+                "n_images": len(v)} for k, v in out.items()}
+
+
+def shown_leaderboards(at) -> list:
+    """The per-budget leaderboard frames (the page's last frame is the reproduce table)."""
+    return [df.value for df in at.dataframe if "robust_psnr" in df.value.columns]
+
+
+def shown_rows(at) -> list[dict]:
+    """Every leaderboard row on the page, with the threat model and ε of the heading above it."""
+    rows, threat, eps = [], None, None
+    for el in at.main:
+        if el.type == "header":
+            threat = el.value.split()[0]
+        elif el.type == "subheader":
+            eps = int(el.value.split("=")[1].split("/")[0]) / 255
+        elif el.type == "dataframe" and "robust_psnr" in el.value.columns:
+            rows += [dict(r, threat=threat, eps=eps) for r in el.value.to_dict("records")]
+    return rows
+
+
+def multiselect(at, label):
+    return next(w for w in at.multiselect if w.label == label)
+
+
+def test_views_leaderboard_agrees_with_queries_and_a_plain_recomputation(arena_db):
+    db, _, tid = arena_db
+    engine = open_reader(db)
+    ours, theirs = views.leaderboard(engine, tid), queries.leaderboard(engine, tid)
+    assert len(ours) == len(theirs) == 2 * 2 * 2 * 2  # threat x budget x restorer x defense
+    for a, b in zip(ours, theirs):
+        for field in ("threat", "eps", "restorer", "defense", "rank", "n_images", "worst_attack"):
+            assert a[field] == b[field]
+        for field in ("clean_psnr", "robust_psnr", "robust_ssim", "drop_psnr"):
+            assert a[field] == pytest.approx(b[field])
+    ref = reference_leaderboard(db, tid)
+    for r in ours:
+        want = ref[(r["threat"], r["norm"], r["eps"], r["restorer"], r["defense"])]
+        assert r["robust_psnr"] == pytest.approx(want["robust_psnr"])
+        assert r["n_images"] == want["n_images"] == 4
+        assert r["robust_psnr"] < r["clean_psnr"]
+
+
+def test_leaderboard_page_shows_every_budget_with_the_stored_numbers(app, arena_db):
+    db, _, tid = arena_db
+    assert app.session_state["tournament"] == tid  # the most recent tournament by default
+    assert [h.value for h in app.header][:2] == ["adaptive threat model", "oblivious threat model"]
+    assert [s.value for s in app.subheader] == ["linf ε=4/255", "linf ε=8/255"] * 2
+    frames = shown_leaderboards(app)
+    rows = views.leaderboard(open_reader(db), tid)
+    assert len(frames) == 4
+    shown = [r for df in frames for r in df.to_dict("records")]
+    assert len(shown) == len(rows)
+    for got, want in zip(shown, rows):
+        for field in ("rank", "restorer", "defense", "worst_attack", "n_images", "n_seeds"):
+            assert got[field] == want[field]
+        for field in ("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "drop_psnr", "defense_ms_per_mp"):
+            assert got[field] == pytest.approx(want[field])
+    for df in frames:  # ranked by robust PSNR within each budget
+        assert list(df["rank"]) == list(range(1, len(df) + 1))
+        assert list(df["robust_psnr"]) == sorted(df["robust_psnr"], reverse=True)
+    con = sqlite3.connect(db)
+    stored = con.execute("select threat, eps, restorer, defense, attack, flag, reason from flags").fetchall()
+    con.close()
+    for got, row in zip(shown, rows):
+        want = {f"{flag} ({attack}): {reason}" if attack else f"{flag}: {reason}"
+                for threat, eps, restorer, defense, attack, flag, reason in stored
+                if (threat, restorer, defense) == (row["threat"], row["restorer"], row["defense"])
+                and eps == pytest.approx(row["eps"])}
+        assert set(filter(None, got["flags"].split("; "))) == want
+    assert any("test-only (pgd): stored by the dashboard test" in r["flags"] for r in shown)
+
+
+def test_attack_kind_filter_changes_which_attacks_count(app, arena_db):
+    db, _, tid = arena_db
+    everything = {(r["threat"], r["eps"], r["restorer"], r["defense"]): r for r in shown_rows(app)}
+    multiselect(app, "Attack kind").set_value(["decision-free"]).run()
+    assert not app.exception
+    ref = reference_leaderboard(db, tid, kinds={"decision-free"})
+    noise_only = shown_rows(app)
+    assert len(noise_only) == len(everything) == 16
+    for r in noise_only:
+        key = (r["threat"], r["eps"], r["restorer"], r["defense"])
+        assert r["worst_attack"] == "signnoise"
+        assert r["n_attacks"] == 1
+        (want,) = [v for k, v in ref.items()
+                   if (k[0], k[3], k[4]) == (r["threat"], r["restorer"], r["defense"]) and k[2] == pytest.approx(r["eps"])]
+        assert r["robust_psnr"] == pytest.approx(want["robust_psnr"])
+        key = next(k for k in everything if k[0] == r["threat"] and k[1] == pytest.approx(r["eps"])
+                   and k[2:] == (r["restorer"], r["defense"]))
+        # fewer attacks can only make the worst case milder
+        assert r["robust_psnr"] >= everything[key]["robust_psnr"] - 1e-9
+    assert any(r["robust_psnr"] > everything[k]["robust_psnr"] + 1e-6
+               for r in noise_only for k in everything
+               if k[0] == r["threat"] and k[1] == pytest.approx(r["eps"]) and k[2:] == (r["restorer"], r["defense"]))
+    # flags about attacks that no longer count are left out
+    assert not any("(pgd)" in r["flags"] or "(fgsm)" in r["flags"] for r in noise_only)
+
+
+def test_restorer_filter_hides_systems(app):
+    multiselect(app, "Restorer").set_value(["tiny"]).run()
+    shown = shown_rows(app)
+    assert shown and {r["restorer"] for r in shown} == {"tiny"}
+    assert {r["rank"] for r in shown} == {1, 2}
+
+
+def test_reproduce_row_lists_the_matches_and_their_commands(app, arena_db):
+    db, _, tid = arena_db
+    table = app.dataframe[-1].value
+    assert set(table["attack"]) == {"fgsm", "pgd", "signnoise"}
+    for key, command in zip(table["key"], table["command"]):
+        assert command == f"arena reproduce {key} --db {db}"
+        assert views.match_detail(open_reader(db), key)["status"] == "done"
+    assert "arena run small.toml" in [c.value for c in app.code]
+
+
+def test_attacks_page_ranks_by_damage(app, arena_db):
+    db, _, tid = arena_db
+    app.switch_page("sections/attacks.py").run()
+    assert not app.exception
+    frames = [df.value for df in app.dataframe]
+    ranking = views.attack_ranking(open_reader(db), tid)
+    assert len(frames) == 4 and sum(len(f) for f in frames) == len(ranking) == 4 * 3
+    for df in frames:
+        assert list(df["damage_psnr"]) == sorted(df["damage_psnr"], reverse=True)
+        assert df["worst_for"].sum() == 4  # every system has exactly one worst attack
+    # damage recomputed from the raw rows: mean over images per system, then over systems
+    con = sqlite3.connect(db)
+    per_system = con.execute(
+        "select m.restorer, m.defense, avg(s.clean_psnr - s.adv_psnr) from scores s "
+        "join matches m on s.match_id = m.id where m.status = 'done' and m.threat = 'adaptive' "
+        "and m.attack = 'pgd' and abs(m.eps - 8.0 / 255) < 1e-9 group by m.restorer, m.defense").fetchall()
+    con.close()
+    assert len(per_system) == 4
+    pgd = frames[1][frames[1]["attack"] == "pgd"].iloc[0]
+    assert pgd["damage_psnr"] == pytest.approx(sum(d for *_, d in per_system) / 4)
+    assert pgd["gradient_calls"] > 1 and pgd["time_attack_s"] > 0
+
+
+def test_matrix_page_heat_map_matches_leaderboard(app, arena_db):
+    db, _, tid = arena_db
+    app.switch_page("sections/matrix.py").run()
+    assert not app.exception
+    restorer = next(s for s in app.selectbox if s.label == "Restorer")
+    budget = next(s for s in app.selectbox if s.label == "Threat model and budget")
+    restorer.set_value("tiny").run()
+    assert budget.value["threat"] == "oblivious" and budget.value["eps"] == pytest.approx(8 / 255)
+    table = app.dataframe[0].value
+    assert list(table.index) == ["fgsm", "pgd", "signnoise", "ALL"]
+    assert list(table.columns) == ["jpeg", "none"]
+    board = {r["defense"]: r["robust_psnr"] for r in views.leaderboard(open_reader(db), tid, threat="oblivious")
+             if r["restorer"] == "tiny" and r["eps"] == pytest.approx(8 / 255)}
+    for defense in ("jpeg", "none"):
+        assert table.loc["ALL", defense] == pytest.approx(board[defense])
+        assert table.loc["ALL", defense] <= table[defense].drop("ALL").min() + 1e-9
+    assert len(app.get("vega_lite_chart")) == 1
+
+
+def test_curves_page_has_both_threat_models(app):
+    app.switch_page("sections/curves.py").run()
+    assert not app.exception
+    assert [s.value for s in app.subheader] == ["oblivious", "adaptive"]
+    charts = app.get("vega_lite_chart")
+    assert len(charts) == 2
+    assert '"field": "eps_255"' in charts[0].proto.spec
+
+
+def test_gallery_page_shows_the_six_pictures_with_psnr(app, arena_db):
+    db, _, tid = arena_db
+    app.switch_page("sections/gallery.py").run()
+    assert not app.exception and not app.warning
+    match = next(s for s in app.selectbox if s.label == "Match").value
+    image = next(s for s in app.selectbox if s.label == "Image").value
+    pictures = app.get("image")
+    assert len(pictures) == 6
+    captions = [p.proto.imgs[0].caption for p in pictures]
+    score = next(s for s in queries.scores_of(open_reader(db), match["id"]) if s["image"] == image["image"])
+    assert captions[0] == "UDC input" and captions[-1] == "ground truth"
+    assert f"{score['clean_psnr']:.2f} dB" in captions[3]
+    assert f"{score['adv_psnr']:.2f} dB" in captions[4]
+    assert f"arena reproduce {match['key']} --db {db}" in [c.value for c in app.code]
+
+
+def test_runs_page_lists_tournaments_failures_and_commands(app, arena_db):
+    db, broken, tid = arena_db
+    app.switch_page("sections/runs.py").run()
+    assert not app.exception
+    tournaments = app.dataframe[0].value
+    assert list(tournaments["id"]) == [tid, broken]
+    assert "arena run small.toml" in [c.value for c in app.code]
+    app.selectbox(key="tournament").set_value(broken).run()
+    problems = next(df.value for df in app.dataframe if "reason" in df.columns)
+    assert sorted(problems["status"]) == ["disqualified", "failed"]
+    assert problems.set_index("attack").loc["boom", "reason"].startswith("attack raised RuntimeError")
+    for key, command in zip(problems["key"], problems["command"]):
+        assert command == f"arena reproduce {key} --db {db}"
+    assert any("boom from a plugin" in c.value for c in app.code)  # the stored traceback
+    assert "arena run broken.toml" in [c.value for c in app.code]
+
+
+def test_all_tournaments_and_pages_render_and_nothing_is_written(arena_db, monkeypatch):
+    db = arena_db[0]
+    before = hashlib.sha256(Path(db).read_bytes()).hexdigest()
+    monkeypatch.setenv("ARENA_DB", db)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.selectbox(key="tournament").set_value("all").run()  # every stored match
+    assert not at.exception and len(shown_leaderboards(at)) == 4
+    for page in PAGES:
+        at.switch_page(f"sections/{page}.py").run()
+        assert not at.exception, (page, at.exception)
+        assert not at.error, (page, [e.value for e in at.error])
+        assert at.session_state["tournament"] == "all"  # the choice holds across pages
+    assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign"])
+def test_app_refuses_a_missing_or_foreign_database(tmp_path, monkeypatch, kind):
+    path = tmp_path / f"{kind}.db"
+    if kind == "foreign":
+        sqlite3.connect(path).execute("create table x (y int)").connection.commit()
+    monkeypatch.setenv("ARENA_DB", str(path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    (error,) = at.error
+    assert "Cannot open the results database" in error.value
+    assert ("does not exist" if kind == "missing" else "not a udc-arena database") in error.value
+    assert not at.dataframe
+    if kind == "missing":
+        assert not path.exists()  # refusing must not create an empty database
+
+
+def test_dashboard_loads_neither_torch_nor_ray(arena_db):
+    script = (
+        "import os, sys\n"
+        "import arena.store.views, arena.store.queries, arena.report\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
+        f"for page in {PAGES!r}:\n"
+        "    at.switch_page(f'sections/{page}.py').run()\n"
+        "    assert not at.exception, at.exception\n"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, ARENA_DB=arena_db[0])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_report_writes_markdown_and_plots(arena_db, tmp_path):
+    from PIL import Image
+
+    from arena.report import write_report
+
+    db, broken, tid = arena_db
+    paths = write_report(db, tmp_path / "report")
+    names = sorted(p.name for p in paths)
+    assert names == ["eps_curves_linf.png", "gallery.png", "heatmap.png", "leaderboard.md"]
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            with Image.open(p) as img:
+                assert img.width > 300 and img.height > 200
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert md.count("## Leaderboard:") == 4 and md.count("## Attacks:") == 4
+    assert "arena run small.toml" in md
+    for r in views.leaderboard(open_reader(db), tid):
+        line = f"| {r['rank']} | {r['restorer']} | {r['defense']} | {r['clean_psnr']:.2f} |"
+        assert line in md
+        assert f"{r['robust_psnr']:.2f}" in md
+    problems = write_report(db, tmp_path / "broken", tournament_id=broken)[0].read_text()
+    assert "**disqualified**" in problems and "**failed**" in problems and "arena reproduce" in problems
