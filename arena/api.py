@@ -80,7 +80,7 @@ class Component:
     def param_table(cls) -> dict[str, Any]:
         """Field name -> default (or 'required'), for listings."""
         return {
-            k: ("required" if f.is_required() else f.default)
+            k: ("required" if f.is_required() else f.get_default(call_default_factory=True))
             for k, f in cls.Params.model_fields.items()
         }
 
