@@ -142,6 +142,9 @@ class Attack(Component):
     """
 
     kind: ClassVar[AttackKind] = "white-box"
+    #: A minimum-norm attack (C&W) seeks the smallest perturbation that does enough damage,
+    #: so it is not expected to out-damage a maximum-loss attack at the same budget.
+    minimum_norm: ClassVar[bool] = False
     Params: ClassVar[type[Params]] = AttackParams
 
     def perturb(

@@ -35,8 +35,14 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def compute_flags(engine: Engine, random_defenses: set[str] = frozenset()) -> list[dict[str, Any]]:
-    """Every flag the stored results raise. ``random_defenses`` names defense links declared random."""
+def _objective(r: dict[str, Any]) -> str | None:
+    return ((r.get("spec") or {}).get("attack") or {}).get("params", {}).get("objective")
+
+
+def compute_flags(engine: Engine, random_defenses: set[str] = frozenset(),
+                  minimum_norm: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Every flag the stored results raise. ``random_defenses`` names defense links declared
+    random; ``minimum_norm`` names minimum-norm attacks (not held to FGSM's damage)."""
     matches, per_image = _load(engine)
     mean = {r["id"]: _mean(per_image[r["id"]].values()) for r in matches}
     flags: list[dict[str, Any]] = []
@@ -62,7 +68,8 @@ def compute_flags(engine: Engine, random_defenses: set[str] = frozenset()) -> li
     for key, attacks in by_budget.items():
         fgsm = attacks.get("fgsm")
         for name, r in attacks.items():
-            iterative = r["attack_kind"] == "white-box" and (r.get("gradient_calls") or 0) > 1
+            iterative = (r["attack_kind"] == "white-box" and (r.get("gradient_calls") or 0) > 1
+                         and name not in minimum_norm and _objective(r) == _objective(fgsm or {}))
             if fgsm is not None and name != "fgsm" and iterative \
                     and mean[r["id"]] > mean[fgsm["id"]] + TOLERANCE_DB:
                 flag(r, "weaker-than-fgsm", f"iterative attack '{name}' leaves {mean[r['id']]:.2f} dB, "

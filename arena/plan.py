@@ -131,7 +131,7 @@ def _as_dict(item: Any, role: str) -> dict[str, Any]:
 
 def _spec(registry: Registry, role: str, raw: dict[str, Any]) -> Spec:
     name, params = raw["name"], {k: v for k, v in raw.items() if k != "name"}
-    entry = registry.get(role, name)
+    entry = registry.get(role, name, allow_unavailable=True)  # planned as skipped, with the reason
     validated = entry.cls.validate(params)
     return Spec(name=name, params=validated.model_dump(mode="json"))
 
@@ -163,13 +163,15 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
     for threat, budget, r, d, a in itertools.product(
         t.threat_models, t.budgets, restorers, defenses, attacks
     ):
-        reason = None
-        if registry.get("restorer", r.name).cls.needs_psf and not has_psf:
+        reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
+                       for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d))
+                       for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
+        if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
             reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
         matches.append(
             Match(
                 restorer=r, defense=d, attack=a,
-                attack_kind=registry.get("attack", a.name).cls.kind,
+                attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
                 budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=t.seed,
                 status="skipped" if reason else "planned", reason=reason,
             )

@@ -62,13 +62,13 @@ class Registry:
             )
         table[entry.name] = entry
 
-    def get(self, role: str, name: str) -> Entry:
+    def get(self, role: str, name: str, allow_unavailable: bool = False) -> Entry:
         table = self.entries[role]
         entry = table.get(name)
         if entry is None:
             allowed = ", ".join(sorted(table)) or "none registered"
             raise ConfigError(f"unknown {role} '{name}' (registered: {allowed})")
-        if entry.unavailable:
+        if entry.unavailable and not allow_unavailable:
             raise ConfigError(f"{role} '{name}' is unavailable: {entry.unavailable}")
         return entry
 

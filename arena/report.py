@@ -100,9 +100,9 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
               "images. Threat models and budgets are never mixed.", ""]
     if not rows:
         lines += ["No scored matches yet.", ""]
-    for (threat, norm, eps), members in _by_budget(rows).items():
+    for members in _by_budget(rows).values():
         lines += [f"## Leaderboard: {_budget_title(members[0])}", "", *_md_table(members, LEADERBOARD), ""]
-    for (threat, norm, eps), members in _by_budget(views.attack_ranking(engine, tid)).items():
+    for members in _by_budget(views.attack_ranking(engine, tid)).values():
         lines += [f"## Attacks: {_budget_title(members[0])}", "", *_md_table(members, ATTACKS), ""]
     problems = views.problem_matches(engine, tid)
     if problems:
@@ -156,9 +156,11 @@ def _heatmap(ax, cells, title: str) -> None:
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(defenses)), defenses, fontsize=8)
     ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2
     for (i, j), v in np.ndenumerate(grid):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white")
+        if np.isfinite(v):  # dark text on the bright end of viridis, light on the dark end
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > middle else "white")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
@@ -197,7 +199,7 @@ def _gallery_sheet(engine, tid, rows, db, path: Path, max_images: int = 4) -> Pa
                   and m["attack"] == top["worst_attack"]), found[0])
     images = views.gallery(engine, match["id"], db)[:max_images]
     kinds = views.SAMPLE_KINDS
-    fig, axes = plt.subplots(len(images), len(kinds), squeeze=False, figsize=(2.1 * len(kinds), 2.3 * len(images)))
+    fig, axes = plt.subplots(len(images), len(kinds), squeeze=False, figsize=(2.1 * len(kinds), 2.6 * len(images)))
     for img, ax_row in zip(images, axes):
         for kind, ax in zip(kinds, ax_row):
             ax.axis("off")

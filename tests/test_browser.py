@@ -167,6 +167,7 @@ def small_db(tmp_path_factory):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_dashboard_renders_the_leaderboard_in_a_browser(small_db, tmp_path):
     expected = views.leaderboard(open_reader(small_db))
     with dashboard_server(small_db, tmp_path) as url, chromium() as browser:

@@ -180,7 +180,8 @@ def test_attack_kind_filter_changes_which_attacks_count(app, arena_db):
         assert r["worst_attack"] == "signnoise"
         assert r["n_attacks"] == 1
         (want,) = [v for k, v in ref.items()
-                   if (k[0], k[3], k[4]) == (r["threat"], r["restorer"], r["defense"]) and k[2] == pytest.approx(r["eps"])]
+                   if (k[0], k[3], k[4]) == (r["threat"], r["restorer"], r["defense"])
+                   and k[2] == pytest.approx(r["eps"])]
         assert r["robust_psnr"] == pytest.approx(want["robust_psnr"])
         key = next(k for k in everything if k[0] == r["threat"] and k[1] == pytest.approx(r["eps"])
                    and k[2:] == (r["restorer"], r["defense"]))
@@ -365,3 +366,41 @@ def test_report_writes_markdown_and_plots(arena_db, tmp_path):
         assert f"{r['robust_psnr']:.2f}" in md
     problems = write_report(db, tmp_path / "broken", tournament_id=broken)[0].read_text()
     assert "**disqualified**" in problems and "**failed**" in problems and "arena reproduce" in problems
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_views_agree_on_postgres_and_sqlite(tmp_path):
+    """The dashboard's queries (window functions, grouped subqueries) on a real server."""
+    from pg import postgres_server
+
+    with postgres_server() as pg_url:
+        if pg_url is None:
+            pytest.skip("PostgreSQL is not installed (scripts/test.sh installs it as root)")
+        registry = load_registry(modules=(module_with(SignNoise),))
+        t = config(attacks=["fgsm", "signnoise"], budgets=[{"eps": "4/255", "steps": 2}, {"eps": "8/255", "steps": 2}])
+        sqlite_db = str(tmp_path / "a.db")
+        for db in (sqlite_db, pg_url):
+            run_tournament(t, db, executor="local", progress=False, registry=registry)
+        calls = [
+            ("leaderboard", {}), ("leaderboard", {"attack_kinds": ["decision-free"]}),
+            ("attack_ranking", {}), ("budgets", {}), ("options", {}),
+            ("matrix", {"restorer": "tiny", "threat": "oblivious", "norm": "linf", "eps": 8 / 255}),
+            ("eps_curves", {"norm": "linf"}),
+            ("system_matches", {"threat": "oblivious", "norm": "linf", "eps": 4 / 255,
+                                "restorer": "identity", "defense": "jpeg"}),
+        ]
+
+        def strip(value):
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items()
+                        if k not in ("id", "defense_ms_per_mp", "time_attack_s", "tournament_id")}
+            if isinstance(value, list):
+                return [strip(v) for v in value]
+            return round(value, 6) if isinstance(value, float) else value
+
+        pg, lite = open_reader(pg_url), open_reader(sqlite_db)
+        for name, kwargs in calls:
+            got = strip(getattr(views, name)(pg, **kwargs))
+            assert got, name
+            assert got == strip(getattr(views, name)(lite, **kwargs)), name

@@ -39,6 +39,15 @@ def test_iterative_weaker_than_fgsm(tmp_path):
     assert [f["attack"] for f in flags] == ["pgd"]  # a single-step attack is not held to it
 
 
+def test_other_objectives_and_minimum_norm_attacks_are_not_held_to_fgsm(tmp_path):
+    spec = lambda objective: {"attack": {"params": {"objective": objective}}}  # noqa: E731
+    e = store(tmp_path, [("fgsm", "white-box", "oblivious", 0.03, {"a": 20}, {"spec": spec("mse")}),
+                         ("ssim", "white-box", "oblivious", 0.03, {"a": 25}, {"spec": spec("ssim"), "gradient_calls": 9}),
+                         ("cw", "white-box", "oblivious", 0.03, {"a": 25}, {"spec": spec("mse"), "gradient_calls": 9})])
+    assert compute_flags(e, minimum_norm={"cw"}) == []
+    assert names(compute_flags(e)) == ["weaker-than-fgsm"]
+
+
 def test_iterative_stronger_than_fgsm_is_fine(tmp_path):
     good = store(tmp_path, [("fgsm", "white-box", "oblivious", 0.03, {"a": 22, "b": 22}, {}),
                             ("pgd", "white-box", "oblivious", 0.03, {"a": 20, "b": 20}, {})])

@@ -81,3 +81,23 @@ def test_registry_rejects_duplicates_and_bad_classes():
 
     with pytest.raises(PluginError, match="not a subclass of arena.api.Attack"):
         registry_with(NotAnAttack)
+
+
+def test_unavailable_component_becomes_skipped_matches():
+    from types import ModuleType
+
+    from arena.api import Attack
+    from arena.hookspecs import hookimpl
+    from arena.plugins import load_registry
+
+    class Missing(Attack):
+        """Needs a package that is not installed (test fixture)."""
+        name = "missing"
+
+    mod = ModuleType("missing_plugin")
+    mod.register_attacks = hookimpl(
+        lambda register: register(Missing, unavailable="the 'x' package is not installed"))
+    matches = plan(config(attacks=["fgsm", "missing"]), load_registry(modules=(mod,)))
+    skipped = [m for m in matches if m.status == "skipped"]
+    assert len(skipped) == len(matches) // 2
+    assert {m.reason for m in skipped} == {"attack 'missing' is unavailable: the 'x' package is not installed"}

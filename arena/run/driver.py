@@ -178,7 +178,8 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
 
 def refresh_flags(engine, registry: Registry) -> None:
     random = {e.name for e in registry.entries["defense"].values() if e.cls.random}
-    store_flags(engine, compute_flags(engine, random))
+    min_norm = {e.name for e in registry.entries["attack"].values() if e.cls.minimum_norm}
+    store_flags(engine, compute_flags(engine, random, min_norm))
 
 
 def _postfix(counts: Counter, running: int) -> dict[str, int]:

@@ -22,6 +22,7 @@ class CW(Attack):
     """
 
     name = "cw"
+    minimum_norm = True
 
     class Params(AttackParams):
         binary_steps: int = Field(9, ge=1, le=50, description="binary-search steps on c")
