@@ -101,9 +101,15 @@ def run(config, db, executor, address, dry_run, rerun_failed, device, quiet):
 @main.command()
 @DB_OPTION
 @click.option("--threat", type=click.Choice(["oblivious", "adaptive"]), default=None)
-@click.option("--tournament", type=int, default=None, help="Tournament id (default: every stored match).")
-def leaderboard(db, threat, tournament):
+@click.option("--tournament", type=int, default=None, help="Tournament id (default: the latest).")
+@click.option("--all", "all_matches", is_flag=True, help="Rank every stored match, whichever tournament.")
+def leaderboard(db, threat, tournament, all_matches):
     """Print the ranking: clean vs robust PSNR/SSIM per restorer and defense."""
+    from arena.store import queries
+    from arena.store.db import open_reader
+
+    if tournament is None and not all_matches:
+        tournament = queries.latest_tournament_id(open_reader(db))
     print_leaderboard(db, tournament, threat)
 
 
@@ -144,7 +150,7 @@ def dashboard(db, port):
     env = dict(os.environ, ARENA_DB=db)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     click.echo(f"dashboard on http://127.0.0.1:{port} (database {db}, read-only)")
     os.execvpe(cmd[0], cmd, env)
 

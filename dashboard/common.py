@@ -60,7 +60,8 @@ def budget_label(b: dict[str, Any]) -> str:
 
 
 def same_budget(row: dict[str, Any], budget: dict[str, Any]) -> bool:
-    return (row["threat"], row["norm"]) == (budget["threat"], budget["norm"]) and abs(row["eps"] - budget["eps"]) < 1e-12
+    return ((row["threat"], row["norm"]) == (budget["threat"], budget["norm"])
+            and abs(row["eps"] - budget["eps"]) <= views.EPS_TOLERANCE)
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -77,7 +78,8 @@ LEADERBOARD_COLUMNS = {
     "defense": st.column_config.TextColumn("defense"),
     "clean_psnr": number("clean PSNR", help="Defended system on clean input, dB"),
     "clean_ssim": number("clean SSIM", "%.4f"),
-    "robust_psnr": number("robust PSNR", help="Mean over images of the per-image worst case over the counted attacks, dB"),
+    "robust_psnr": number("robust PSNR",
+                          help="Mean over images of the per-image worst case over the counted attacks, dB"),
     "robust_ssim": number("robust SSIM", "%.4f"),
     "drop_psnr": number("drop", help="clean PSNR - robust PSNR, dB"),
     "worst_attack": st.column_config.TextColumn("worst attack"),

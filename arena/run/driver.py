@@ -147,7 +147,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         refresh_flags(engine, registry)
         return report
 
-    root = results_dir(db)
+    root = results_dir(db).resolve()  # absolute, so the dashboard finds samples from any cwd
     bar = tqdm(total=len(todo), desc="matches", unit="match", disable=not progress, dynamic_ncols=True)
     running: set[str] = set()
 

@@ -17,12 +17,12 @@ from arena.store import models as m
 GROUP = ("threat", "norm", "eps", "restorer", "defense")
 
 
-def _rows(engine: Engine, stmt) -> list[dict[str, Any]]:
+def fetch(engine: Engine, stmt) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
-def _scope(stmt, tournament_id: int | None):
+def scope(stmt, tournament_id: int | None):
     if tournament_id is None:
         return stmt
     return stmt.join(
@@ -45,7 +45,7 @@ def per_image_worst(tournament_id: int | None = None):
         func.count(func.distinct(mt.c.attack)).label("n_attacks"),
         func.count(func.distinct(mt.c.seed)).label("n_seeds"),
     ).select_from(s.join(mt, s.c.match_id == mt.c.id))
-    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done")
+    stmt = scope(stmt, tournament_id).where(mt.c.status == "done")
     return stmt.group_by(*(mt.c[g] for g in GROUP), s.c.image).subquery()
 
 
@@ -64,7 +64,7 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | 
     ).group_by(*(pi.c[g] for g in GROUP))
     if threat:
         stmt = stmt.where(pi.c.threat == threat)
-    rows = _rows(engine, stmt)
+    rows = fetch(engine, stmt)
     worst = {tuple(r[g] for g in GROUP): r for r in attack_table(engine, tournament_id)}
     costs = {tuple(r[g] for g in GROUP): r["defense_ms_per_mp"] for r in defense_costs(engine, tournament_id)}
     flagged = flags_by_system(engine)
@@ -108,11 +108,11 @@ def attack_damage(engine: Engine, tournament_id: int | None = None, by_system: b
         func.avg(s.c.queries).label("queries"),
         func.count(func.distinct(mt.c.id)).label("n_matches"),
     ).select_from(s.join(mt, s.c.match_id == mt.c.id))
-    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*keys)
-    rows = _rows(engine, stmt)
+    stmt = scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*keys)
+    rows = fetch(engine, stmt)
     times = {
         tuple(r[k] for k in ("threat", "norm", "eps", "attack")): r["time_attack_s"]
-        for r in _rows(engine, _scope(
+        for r in fetch(engine, scope(
             select(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack,
                    func.avg(mt.c.time_attack_s).label("time_attack_s")),
             tournament_id,
@@ -131,13 +131,13 @@ def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict
         func.avg(mt.c.defense_ms_per_mp).label("defense_ms_per_mp"),
         func.max(mt.c.peak_mem_mb).label("peak_mem_mb"),
     )
-    stmt = _scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*(mt.c[g] for g in GROUP))
-    return _rows(engine, stmt)
+    stmt = scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*(mt.c[g] for g in GROUP))
+    return fetch(engine, stmt)
 
 
 def flags_by_system(engine: Engine) -> dict[tuple, list[str]]:
     out: dict[tuple, list[str]] = {}
-    for r in _rows(engine, select(m.flags)):
+    for r in fetch(engine, select(m.flags)):
         k = tuple(r[g] for g in GROUP)
         out.setdefault(k, []).append(f"{r['flag']}: {r['reason']}")
     return out
@@ -145,20 +145,20 @@ def flags_by_system(engine: Engine) -> dict[tuple, list[str]]:
 
 def matches(engine: Engine, tournament_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
     mt = m.matches
-    stmt = _scope(select(mt), tournament_id)
+    stmt = scope(select(mt), tournament_id)
     if status:
         stmt = stmt.where(mt.c.status == status)
-    return _rows(engine, stmt.order_by(mt.c.id))
+    return fetch(engine, stmt.order_by(mt.c.id))
 
 
 def status_counts(engine: Engine, tournament_id: int | None = None) -> dict[str, int]:
     mt = m.matches
-    stmt = _scope(select(mt.c.status, func.count().label("n")), tournament_id).group_by(mt.c.status)
-    return {r["status"]: r["n"] for r in _rows(engine, stmt)}
+    stmt = scope(select(mt.c.status, func.count().label("n")), tournament_id).group_by(mt.c.status)
+    return {r["status"]: r["n"] for r in fetch(engine, stmt)}
 
 
 def tournaments(engine: Engine) -> list[dict[str, Any]]:
-    return _rows(engine, select(m.tournaments).order_by(m.tournaments.c.updated_at.desc()))
+    return fetch(engine, select(m.tournaments).order_by(m.tournaments.c.updated_at.desc()))
 
 
 def latest_tournament_id(engine: Engine) -> int | None:
@@ -167,11 +167,11 @@ def latest_tournament_id(engine: Engine) -> int | None:
 
 
 def scores_of(engine: Engine, match_id: int) -> list[dict[str, Any]]:
-    return _rows(engine, select(m.scores).where(m.scores.c.match_id == match_id).order_by(m.scores.c.image))
+    return fetch(engine, select(m.scores).where(m.scores.c.match_id == match_id).order_by(m.scores.c.image))
 
 
 def samples_of(engine: Engine, match_id: int) -> list[dict[str, Any]]:
-    return _rows(engine, select(m.samples).where(m.samples.c.match_id == match_id))
+    return fetch(engine, select(m.samples).where(m.samples.c.match_id == match_id))
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

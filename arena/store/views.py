@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
-from arena.store.queries import GROUP, _rows, _scope, defense_costs
+from arena.store.queries import GROUP, fetch, scope, defense_costs
 
 BUDGET = ("threat", "norm", "eps")
 #: budgets are stored as floats (8/255); two within this are the same budget
@@ -61,7 +61,7 @@ def _groups(tournament_id: int | None, keys: tuple[str, ...], **filters):
     mt = m.matches
     stmt = select(mt.c.id, mt.c.attack, mt.c.seed, *(mt.c[k] for k in keys if k not in ("attack", "seed")),
                   func.min(mt.c.id).over(partition_by=[mt.c[k] for k in keys]).label("gid"))
-    return _where(_scope(stmt, tournament_id), **filters).subquery()
+    return _where(scope(stmt, tournament_id), **filters).subquery()
 
 
 def robust_table(engine: Engine, tournament_id: int | None = None,
@@ -90,11 +90,11 @@ def robust_table(engine: Engine, tournament_id: int | None = None,
     names = select(g.c.gid, *(g.c[k] for k in keys)).distinct().subquery()
     stmt = select(*(names.c[k] for k in keys), *(c for c in per_group.c if c.name != "gid")).select_from(
         per_group.join(names, names.c.gid == per_group.c.gid))
-    return _rows(engine, stmt)
+    return fetch(engine, stmt)
 
 
 def flags(engine: Engine) -> list[dict[str, Any]]:
-    return _rows(engine, select(m.flags).order_by(m.flags.c.id))
+    return fetch(engine, select(m.flags).order_by(m.flags.c.id))
 
 
 def match_stats(engine: Engine, tournament_id: int | None = None, **filters) -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ def match_stats(engine: Engine, tournament_id: int | None = None, **filters) -> 
         mt.c.time_attack_s, mt.c.gradient_calls, mt.c.queries_limit,
         *(c for c in sums.c if c.name != "match_id"),
     ).select_from(mt.join(sums, sums.c.match_id == mt.c.id))
-    return _rows(engine, _where(_scope(stmt, tournament_id), **filters))
+    return fetch(engine, _where(scope(stmt, tournament_id), **filters))
 
 
 def _attack_means(stats: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
@@ -206,8 +206,8 @@ def budgets(engine: Engine, tournament_id: int | None = None) -> list[dict[str, 
     """Each (threat, norm, eps) with finished matches, and how many."""
     mt = m.matches
     stmt = select(mt.c.threat, mt.c.norm, mt.c.eps, func.count().label("n_matches"))
-    stmt = _where(_scope(stmt, tournament_id)).group_by(mt.c.threat, mt.c.norm, mt.c.eps)
-    return sorted(_rows(engine, stmt), key=lambda r: _key(r, BUDGET))
+    stmt = _where(scope(stmt, tournament_id)).group_by(mt.c.threat, mt.c.norm, mt.c.eps)
+    return sorted(fetch(engine, stmt), key=lambda r: _key(r, BUDGET))
 
 
 def options(engine: Engine, tournament_id: int | None = None) -> dict[str, list[str]]:
@@ -215,8 +215,8 @@ def options(engine: Engine, tournament_id: int | None = None) -> dict[str, list[
     mt = m.matches
     out = {}
     for col in ("threat", "norm", "restorer", "defense", "attack", "attack_kind"):
-        stmt = _where(_scope(select(mt.c[col]).distinct(), tournament_id))
-        out[col] = sorted(v for (v,) in (tuple(r.values()) for r in _rows(engine, stmt)) if v is not None)
+        stmt = _where(scope(select(mt.c[col]).distinct(), tournament_id))
+        out[col] = sorted(v for (v,) in (tuple(r.values()) for r in fetch(engine, stmt)) if v is not None)
     return out
 
 
@@ -287,10 +287,10 @@ def system_matches(engine: Engine, tournament_id: int | None = None, *, threat: 
                   mt.c.tournament_id, func.avg(s.c.adv_psnr).label("adv_psnr"),
                   func.avg(s.c.adv_ssim).label("adv_ssim"), func.count(s.c.id).label("n_images"))
     stmt = stmt.select_from(mt.outerjoin(s, s.c.match_id == mt.c.id))
-    stmt = _scope(stmt, tournament_id).where(
+    stmt = scope(stmt, tournament_id).where(
         mt.c.threat == threat, mt.c.norm == norm, func.abs(mt.c.eps - eps) <= EPS_TOLERANCE,
         mt.c.restorer == restorer, mt.c.defense == defense)
-    return _rows(engine, stmt.group_by(mt.c.id).order_by(mt.c.attack, mt.c.seed))
+    return fetch(engine, stmt.group_by(mt.c.id).order_by(mt.c.attack, mt.c.seed))
 
 
 def gallery_matches(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
@@ -300,15 +300,15 @@ def gallery_matches(engine: Engine, tournament_id: int | None = None) -> list[di
     stmt = select(mt.c.id, mt.c.key, *(mt.c[g] for g in GROUP), mt.c.attack, mt.c.seed,
                   func.avg(s.c.clean_psnr).label("clean_psnr"), func.avg(s.c.adv_psnr).label("adv_psnr"))
     stmt = stmt.select_from(mt.join(s, s.c.match_id == mt.c.id)).where(mt.c.id.in_(with_samples))
-    stmt = _where(_scope(stmt, tournament_id)).group_by(mt.c.id)
-    return _rows(engine, stmt.order_by(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.restorer,
+    stmt = _where(scope(stmt, tournament_id)).group_by(mt.c.id)
+    return fetch(engine, stmt.order_by(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.restorer,
                                        mt.c.defense, mt.c.attack, mt.c.seed))
 
 
 def gallery(engine: Engine, match_id: int, db: str | Path | None = None) -> list[dict[str, Any]]:
     """Per sampled image of a match: its scores and the path of each saved picture."""
-    samples = _rows(engine, select(m.samples).where(m.samples.c.match_id == match_id).order_by(m.samples.c.id))
-    scores = {r["image"]: r for r in _rows(engine, select(m.scores).where(m.scores.c.match_id == match_id))}
+    samples = fetch(engine, select(m.samples).where(m.samples.c.match_id == match_id).order_by(m.samples.c.id))
+    scores = {r["image"]: r for r in fetch(engine, select(m.scores).where(m.scores.c.match_id == match_id))}
     images: dict[str, dict[str, Any]] = {}
     for smp in samples:
         entry = images.setdefault(smp["image"], {"image": smp["image"], "paths": {},
@@ -345,12 +345,12 @@ def problem_matches(engine: Engine, tournament_id: int | None = None) -> list[di
     mt = m.matches
     stmt = select(mt.c.id, mt.c.key, mt.c.tournament_id, mt.c.status, *(mt.c[g] for g in GROUP),
                   mt.c.attack, mt.c.seed, mt.c.reason, mt.c.error, mt.c.attempts, mt.c.device)
-    stmt = _scope(stmt, tournament_id).where(mt.c.status != "done")
-    return _rows(engine, stmt.order_by(mt.c.status, mt.c.id))
+    stmt = scope(stmt, tournament_id).where(mt.c.status != "done")
+    return fetch(engine, stmt.order_by(mt.c.status, mt.c.id))
 
 
 def match_detail(engine: Engine, key: str) -> dict[str, Any] | None:
-    rows = _rows(engine, select(m.matches).where(m.matches.c.key == key))
+    rows = fetch(engine, select(m.matches).where(m.matches.c.key == key))
     return rows[0] if rows else None
 
 

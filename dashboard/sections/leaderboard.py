@@ -44,8 +44,9 @@ members = common.view("system_matches", db, tid, threat=row["threat"], norm=row[
                       restorer=row["restorer"], defense=row["defense"])
 for m in members:
     m["command"] = common.views.reproduce_command(m["key"], db)
-st.dataframe(common.frame(members, ["attack", "attack_kind", "seed", "status", "adv_psnr", "n_images", "key", "command"]),
-             hide_index=True, column_config={"adv_psnr": common.number("mean adv PSNR")})
+columns = ["attack", "attack_kind", "seed", "status", "adv_psnr", "n_images", "key", "command"]
+st.dataframe(common.frame(members, columns), hide_index=True,
+             column_config={"adv_psnr": common.number("mean adv PSNR")})
 tournaments = {t["id"]: t for t in common.query("tournaments", db)}
 for t_id in sorted({m["tournament_id"] for m in members}):
     t = tournaments.get(t_id)

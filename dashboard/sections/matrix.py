@@ -33,14 +33,18 @@ base = alt.Chart(data).encode(
     y=alt.Y("attack:N", title="attack", sort=order),
 )
 heat = base.mark_rect().encode(
-    color=alt.Color("robust_psnr:Q", title="robust PSNR (dB)", scale=alt.Scale(scheme="viridis")),
+    color=alt.Color("robust_psnr:Q", title="robust PSNR (dB)", scale=alt.Scale(scheme="viridis"),
+                    legend=alt.Legend(gradientLength=max(60, 60 * len(order) - 40))),
     tooltip=["attack", "defense", alt.Tooltip("robust_psnr:Q", format=".2f"),
              alt.Tooltip("clean_psnr:Q", format=".2f"), "n_images"],
 )
+middle = (data["robust_psnr"].min() + data["robust_psnr"].max()) / 2
 labels = base.mark_text(baseline="middle", fontSize=13).encode(
     text=alt.Text("robust_psnr:Q", format=".2f"),
-    color=alt.value("white"),
+    # dark text on the bright end of viridis, light on the dark end
+    color=alt.condition(alt.datum.robust_psnr > middle, alt.value("black"), alt.value("white")),
 )
-st.altair_chart((heat + labels).properties(height=max(160, 56 * len(order))), width="stretch")
+rows_px = 60 * len(order)
+st.altair_chart((heat + labels).properties(height=rows_px), width="stretch", height=rows_px + 80)
 table = data.pivot(index="attack", columns="defense", values="robust_psnr").reindex(order)
 st.dataframe(table, column_config={c: common.number(c) for c in table.columns}, key="matrix-table")

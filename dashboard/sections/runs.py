@@ -50,14 +50,16 @@ else:
     with_error = [p for p in problems if p["error"]]
     if with_error:
         p = st.selectbox("Error of", with_error,
-                         format_func=lambda p: f"{p['status']}: {p['restorer']} + {p['defense']} · {p['attack']} ({p['key']})")
+                         format_func=lambda p: (f"{p['status']}: {p['restorer']} + {p['defense']} · "
+                                                f"{p['attack']} ({p['key']})"))
         st.code(p["error"], language="text")
 
 st.header("Reproduce a match")
 all_matches = common.query("matches", db, tid)
 if all_matches:
     m = st.selectbox("Match", all_matches, key="reproduce-match",
-                     format_func=lambda m: (f"{m['status']} · {m['threat']} · {common.eps_label(m['norm'], m['eps'])} · "
+                     format_func=lambda m: (f"{m['status']} · {m['threat']} · "
+                                            f"{common.eps_label(m['norm'], m['eps'])} · "
                                             f"{m['restorer']} + {m['defense']} · {m['attack']} ({m['key']})"))
     st.code(views.reproduce_command(m["key"], db), language="bash")
     st.caption(f"code {m['code_version']} · device {m['device']} · "
