@@ -79,8 +79,10 @@ class Component:
     @classmethod
     def param_table(cls) -> dict[str, Any]:
         """Field name -> default (or 'required'), for listings."""
+        from pydantic_core import to_jsonable_python
+
         return {
-            k: ("required" if f.is_required() else f.get_default(call_default_factory=True))
+            k: ("required" if f.is_required() else to_jsonable_python(f.get_default(call_default_factory=True)))
             for k, f in cls.Params.model_fields.items()
         }
 

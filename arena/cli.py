@@ -264,7 +264,7 @@ def train(ctx):
 
 
 @main.command("train-purifier")
-@click.option("--steps", default=3000, show_default=True)
+@click.option("--steps", default=850, show_default=True, help="the shipped purifier's count")
 @click.option("--out", default="purifier.safetensors", show_default=True)
 @click.option("--size", default=32, show_default=True)
 @click.option("--seed", default=0, show_default=True)

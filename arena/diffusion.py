@@ -101,7 +101,7 @@ def _randn(shape, generator: torch.Generator, device) -> torch.Tensor:
 def _window(size: int, overlap: int, device) -> torch.Tensor:
     """1-D blending weights: a ramp over ``overlap`` pixels at each end, never zero."""
     i = torch.arange(size, device=device, dtype=torch.float32)
-    return torch.minimum(torch.minimum(i + 1, size - i), torch.tensor(overlap + 1.0, device=device)) / (overlap + 1)
+    return torch.minimum(i + 1, size - i).clamp(max=overlap + 1.0) / (overlap + 1)
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:

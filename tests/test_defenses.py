@@ -295,7 +295,8 @@ def test_a_chain_applies_its_links_in_order():
     y = chain.purify_differentiable(xr, gen(0))
     (g,) = torch.autograd.grad(y.sum(), xr)
     inside = (y > 0) & (y < 1)
-    assert torch.equal(g[inside], torch.ones_like(g[inside])) and torch.equal(g[~inside], torch.zeros_like(g[~inside]))
+    assert torch.equal(g[inside], torch.ones_like(g[inside]))
+    assert torch.equal(g[~inside], torch.zeros_like(g[~inside]))
 
 
 def _registry():
@@ -325,7 +326,8 @@ def test_diffpure_then_finetune_is_a_chain_with_one_hardening_link():
     link = hardening_link(chained, registry)
     assert link == hardening_link(alone, registry) == chained.defense[1]
     # Same restorer, link and data: the chain and the ablation share one set of hardened weights.
-    assert hardened_key(chained.restorer, link, chained) == hardened_key(alone.restorer, link, alone)
+    assert (hardened_key(chained.restorer, link, chained, registry)
+            == hardened_key(alone.restorer, link, alone, registry))
     links = [registry.create("defense", s.name, s.params) for s in chained.defense]
     x, _ = tiny_batch()
     purified = System(torch.nn.Identity(), links).purify(x, gen(0))

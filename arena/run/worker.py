@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,7 +124,11 @@ def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
     import hashlib
     import json
 
+    from arena.weights import sha256_file
+
     versions = [registry.get(role, s.name).version for role, s in (("restorer", restorer), ("defense", link))]
+    base = registry.get("restorer", restorer.name).cls.weights
+    versions.append(sha256_file(base) if base is not None and Path(base).exists() else None)
     blob = json.dumps({"restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
                        "versions": versions,
                        "data": match.data.model_dump(mode="json", exclude={"split", "images"}),
