@@ -138,7 +138,8 @@ class Resynthesis:
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
         lqs, hqs, codes = [], [], []
         for i in idx.tolist():
-            x = inverse_tonemap(self.data.hq[i].double().numpy())
+            # φ⁻¹ diverges at 1; the embedded scenes stay below φ = 0.994, real data may not.
+            x = inverse_tonemap(np.minimum(self.data.hq[i].double().numpy(), 0.999))
             x = np.rot90(x, int(rng.integers(4)), axes=(1, 2))
             if rng.integers(2):
                 x = x[:, :, ::-1]
@@ -155,7 +156,7 @@ class Resynthesis:
 
 def make_batch(train: UDCData, batch: int, crop: int, gen: torch.Generator, dihedral: bool,
                rot180: bool, synth: Resynthesis | None, synth_share: float):
-    """A training batch (lq, hq, code): stored pairs, then resynthesised ones."""
+    """A training batch (lq, hq, code): resynthesised pairs first, then stored ones."""
     n_syn = int(round(batch * synth_share)) if synth is not None else 0
     idx = torch.randint(len(train), (batch,), generator=gen)
     lq, hq = augment(train.lq[idx[n_syn:]], train.hq[idx[n_syn:]], gen, dihedral, rot180)
@@ -444,4 +445,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from arena.data import DataError
+    from arena.plugins import PluginError
+    from arena.weights import WeightsError
+
+    try:
+        main()
+    except (ConfigError, DataError, PluginError, WeightsError) as exc:
+        raise SystemExit(f"error: {exc}") from None

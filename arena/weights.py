@@ -42,6 +42,7 @@ def save_weights(state: dict[str, torch.Tensor] | torch.nn.Module, path: str | P
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; shipped and cached weights are for everyone
     digest = sha256_file(tmp)
     os.replace(tmp, path)
     meta = dict(manifest, sha256=digest, file=path.name)

@@ -259,7 +259,6 @@ def test_shipped_weights_are_small_and_documented(registry, name):
     assert m["clean_psnr"] > m["input_psnr"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_shipped_weights_reproduce_their_manifest(registry, name):
     from arena.train import evaluate_restorer
@@ -270,12 +269,14 @@ def test_shipped_weights_reproduce_their_manifest(registry, name):
     assert abs(got["psnr"] - m["clean_psnr"]) < 0.05
     assert abs(got["ssim"] - m["clean_ssim"]) < 1e-3
     assert abs(got["input_psnr"] - m["input_psnr"]) < 1e-4  # same test data as at training
-    # Restored outputs stay in the image range (the arena clamps, but a wild model is a bug).
+    # Residual outputs are not clamped (a clamp would zero attack gradients); the arena clamps.
+    # What it clamps away must stay small: on average under 2% of the range per pixel.
     model = cls().load()
-    data = load_data("embedded", "test", images=8, size=64)
+    data = load_data("embedded", "test", size=m["test"]["size"])
     with torch.no_grad():
         out = call(model, cls, data.lq, data.code)
-    assert ((out > -0.05) & (out < 1.05)).float().mean() > 0.999
+    assert torch.isfinite(out).all()
+    assert (torch.relu(-out) + torch.relu(out - 1)).mean() < 0.02
 
 
 @pytest.mark.parametrize("name", FAMILIES)
