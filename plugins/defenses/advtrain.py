@@ -27,7 +27,7 @@ class AdvTrain(Defense):
         steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps")
         lr: float = Field(1e-4, gt=0, le=1, description="initial learning rate (cosine to 0)")
         batch: int = Field(8, ge=1, le=4096, description="training pairs per step")
-        norm: Literal["linf", "l2"] = "linf"
+        norm: Literal["linf", "l2"] = Field("linf", description="norm of the training perturbations")
         eps: float = Field(8 / 255, gt=0, le=64, description="training radius, [0,1] image units")
         attack_steps: int = Field(5, ge=1, le=1000, description="PGD iterations per batch")
         step: float = Field(2.5, gt=0, le=100, description="PGD step as a multiple of eps/attack_steps")
