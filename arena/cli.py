@@ -62,6 +62,8 @@ def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | N
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["threat"], r["norm"], r["eps"]), []).append(r)
+    for r in rows:  # the terminal gets flag names; reasons are on the dashboard
+        r["flags"] = ", ".join(sorted({f.split(":")[0] for f in r["flags"].split("; ") if f}))
     for (threat_, norm, eps), members in groups.items():
         click.echo(f"\n== {threat_} | {norm} eps={eps:.4g} ({eps * 255:.3g}/255) ==")
         click.echo(queries.format_table(members, LEADERBOARD_COLUMNS))
