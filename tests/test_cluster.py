@@ -108,3 +108,60 @@ steps = 40
         from sqlalchemy import text
         assert conn.execute(text("select count(*) from scores")).scalar() == 32 * 4
         assert conn.execute(text("select count(distinct key) from matches")).scalar() == 32
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_is_stored(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('''
+name = "ctrlc"
+workers = 2
+[data]
+images = 4
+size = 16
+[[restorers]]
+name = "tiny"
+[[attacks]]
+name = "pgd"
+[[budgets]]
+eps = "1/255"
+steps = 200
+[[budgets]]
+eps = "2/255"
+steps = 200
+[[budgets]]
+eps = "3/255"
+steps = 200
+[[budgets]]
+eps = "4/255"
+steps = 200
+[[budgets]]
+eps = "5/255"
+steps = 200
+[[budgets]]
+eps = "6/255"
+steps = 200
+''')
+    db = str(tmp_path / "c.db")
+    proc = subprocess.Popen(_arena("run", str(cfg), "--db", db, "--quiet"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline, stored = time.time() + 180, 0
+    while time.time() < deadline and proc.poll() is None and stored < 1:
+        time.sleep(0.5)
+        try:
+            stored = queries.status_counts(open_reader(db)).get("done", 0)
+        except Exception:
+            stored = 0
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("arena run did not stop within 60 s of Ctrl-C")
+    assert proc.returncode != 0 and "Aborted" in out
+    counts = queries.status_counts(open_reader(db))
+    assert set(counts) == {"done"} and 1 <= counts["done"] < 6
+    rerun = subprocess.run(_arena("run", str(cfg), "--db", db, "--quiet", "--executor", "local"),
+                           capture_output=True, text=True, check=True)
+    assert f"already stored: {counts['done']}" in rerun.stdout
+    assert queries.status_counts(open_reader(db)) == {"done": 6}

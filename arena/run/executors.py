@@ -175,8 +175,8 @@ class RayExecutor:
                         last_group[i] = None
                         submit(i)
         except KeyboardInterrupt:
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+            for ref in inflight:  # queued calls are dropped; running ones die with their actor below
+                ray.cancel(ref)
             raise
         finally:
             for a in actors:
