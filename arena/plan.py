@@ -50,6 +50,8 @@ class Tournament(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "tournament"
     seed: int = 0
+    seeds: list[int] = Field(default_factory=list, description="several match seeds (random defenses: "
+                             "mean ± std over them); default [seed]")
     threat_models: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
     eot_samples: int = Field(4, ge=1, le=1000, description="EOT draws for random defenses (adaptive)")
     data: DataSpec = DataSpec()
@@ -160,8 +162,8 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
             raise ConfigError(f"the config lists the same {role} twice with the same parameters")
     has_psf = t.data.name not in DATASETS_WITHOUT_PSF
     matches = []
-    for threat, budget, r, d, a in itertools.product(
-        t.threat_models, t.budgets, restorers, defenses, attacks
+    for threat, budget, r, d, a, seed in itertools.product(
+        t.threat_models, t.budgets, restorers, defenses, attacks, t.seeds or [t.seed]
     ):
         reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
                        for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d))
@@ -172,7 +174,7 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
             Match(
                 restorer=r, defense=d, attack=a,
                 attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
-                budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=t.seed,
+                budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=seed,
                 status="skipped" if reason else "planned", reason=reason,
             )
         )

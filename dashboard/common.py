@@ -87,5 +87,9 @@ LEADERBOARD_COLUMNS = {
     "n_images": st.column_config.NumberColumn("images", format="%d"),
     "n_attacks": st.column_config.NumberColumn("attacks", format="%d"),
     "n_seeds": st.column_config.NumberColumn("seeds", format="%d"),
+    "robust_psnr_seed_mean": number("robust PSNR, seed mean",
+                                    help="Robust PSNR computed per seed, averaged over seeds, dB"),
+    "robust_psnr_seed_std": number("± std over seeds", help="Sample std of the per-seed robust PSNR "
+                                   "(empty with one seed: a single draw)"),
     "flags": st.column_config.TextColumn("sanity flags", width="large"),
 }

@@ -101,3 +101,9 @@ def test_unavailable_component_becomes_skipped_matches():
     skipped = [m for m in matches if m.status == "skipped"]
     assert len(skipped) == len(matches) // 2
     assert {m.reason for m in skipped} == {"attack 'missing' is unavailable: the 'x' package is not installed"}
+
+
+def test_several_seeds_plan_one_match_each(arena_registry):
+    matches = plan(config(seeds=[0, 1, 2]), arena_registry)
+    assert len(matches) == 8 * 3 and {m.seed for m in matches} == {0, 1, 2}
+    assert len({m.key for m in matches}) == len(matches)

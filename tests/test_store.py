@@ -124,3 +124,29 @@ def test_old_database_is_migrated_and_keeps_its_rows(tmp_path):
     cols = {c["name"] for c in inspect(migrated).get_columns("matches")}
     assert {"node", "started_at", "finished_at"} <= cols
     assert queries.leaderboard(open_reader(path))[0]["robust_psnr"] == pytest.approx(20)
+
+
+def test_seed_spread_is_mean_and_std_of_per_seed_robust_psnr(tmp_path):
+    engine = open_writer(tmp_path / "a.db")
+    tid = write.upsert_tournament(engine, config_hash="h", name="t", config={})
+    # seed 0: worst per image 20, 22 -> 21; seed 1: 24, 26 -> 25; mean 23, sample std 2.83
+    for i, (seed, attack, scores) in enumerate([(0, "A", (20, 23)), (0, "B", (21, 22)),
+                                                (1, "A", (24, 26)), (1, "B", (25, 27))]):
+        write.write_result(engine, tid, dict(_match(f"k{i}", attack), seed=seed),
+                           [_score("i1", 30, scores[0]), _score("i2", 30, scores[1])])
+    (row,) = queries.leaderboard(engine)
+    assert row["robust_psnr_seed_mean"] == pytest.approx(23.0)
+    assert row["robust_psnr_seed_std"] == pytest.approx(2 ** 0.5 * 2)
+    assert row["robust_psnr"] == pytest.approx(21.0)  # the headline stays the worst over every draw
+    assert row["n_seeds"] == 2
+    from arena.store import views
+    (vrow,) = views.leaderboard(engine)
+    assert vrow["robust_psnr_seed_std"] == pytest.approx(row["robust_psnr_seed_std"])
+
+
+def test_one_seed_has_no_spread(tmp_path):
+    engine = open_writer(tmp_path / "a.db")
+    tid = write.upsert_tournament(engine, config_hash="h", name="t", config={})
+    write.write_result(engine, tid, _match("k1", "A"), [_score("i1", 30, 20)])
+    (row,) = queries.leaderboard(engine)
+    assert row["robust_psnr_seed_std"] is None and row["robust_psnr_seed_mean"] == pytest.approx(20)

@@ -68,8 +68,10 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | 
     worst = {tuple(r[g] for g in GROUP): r for r in attack_table(engine, tournament_id)}
     costs = {tuple(r[g] for g in GROUP): r["defense_ms_per_mp"] for r in defense_costs(engine, tournament_id)}
     flagged = flags_by_system(engine)
+    spread = seed_spread(engine, tournament_id)
     for r in rows:
         k = tuple(r[g] for g in GROUP)
+        r.update(spread.get(k, {}))
         r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"]
         r["worst_attack"] = worst.get(k, {}).get("attack")
         r["defense_ms_per_mp"] = costs.get(k)
@@ -81,6 +83,28 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | 
         rank = 1 if budget != prev else rank + 1
         r["rank"], prev = rank, budget
     return rows
+
+
+def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple, dict[str, float]]:
+    """Per system and budget: robust PSNR computed seed by seed (per image, worst attack of that
+    seed; mean over images), then its mean and sample standard deviation over the seeds."""
+    s, mt = m.scores, m.matches
+    per_image = scope(select(
+        *(mt.c[g] for g in GROUP), mt.c.seed, s.c.image, func.min(s.c.adv_psnr).label("worst"),
+    ).select_from(s.join(mt, s.c.match_id == mt.c.id)), tournament_id).where(mt.c.status == "done") \
+        .group_by(*(mt.c[g] for g in GROUP), mt.c.seed, s.c.image).subquery()
+    per_seed = select(*(per_image.c[g] for g in GROUP), per_image.c.seed,
+                      func.avg(per_image.c.worst).label("robust")) \
+        .group_by(*(per_image.c[g] for g in GROUP), per_image.c.seed)
+    by_system: dict[tuple, list[float]] = {}
+    for r in fetch(engine, per_seed):
+        by_system.setdefault(tuple(r[g] for g in GROUP), []).append(r["robust"])
+    out = {}
+    for k, values in by_system.items():
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+        out[k] = {"robust_psnr_seed_mean": mean, "robust_psnr_seed_std": std}
+    return out
 
 
 def attack_table(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:

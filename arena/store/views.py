@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
-from arena.store.queries import GROUP, fetch, scope, defense_costs
+from arena.store.queries import GROUP, defense_costs, fetch, scope, seed_spread
 
 BUDGET = ("threat", "norm", "eps")
 #: budgets are stored as floats (8/255); two within this are the same budget
@@ -166,6 +166,7 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
     worst = _worst_attack(per_attack.values())
     counted_attacks = {k[-1] for k in per_attack}
     costs = {_key(r): r for r in defense_costs(engine, tournament_id)}
+    spread = seed_spread(engine, tournament_id)
     flagged: dict[tuple, list[str]] = {}
     for f in flags(engine):
         if f["attack"] and (attacks or attack_kinds) and f["attack"] not in counted_attacks:
@@ -180,6 +181,7 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
         r["defense_ms_per_mp"] = costs.get(k, {}).get("defense_ms_per_mp")
         r["peak_mem_mb"] = costs.get(k, {}).get("peak_mem_mb")
         r["flags"] = "; ".join(flagged.get(k, []))
+        r.update(spread.get(k, {}))
     rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["robust_psnr"], r["restorer"], r["defense"]))
     return _rank(rows)
 
