@@ -103,6 +103,9 @@ class Restorer(Component):
     needs_psf: ClassVar[bool] = False
     #: Default weights: a safetensors file with a JSON manifest beside it, or None (no weights).
     weights: ClassVar[str | Path | None] = None
+    #: Run in channels-last memory format: set by architectures measured faster that way
+    #: (benchmarks/bench_restorers.py); others lose speed, so it is opt-in.
+    channels_last: ClassVar[bool] = False
 
     def build(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -116,7 +119,11 @@ class Restorer(Component):
         if path is not None:
             load_weights(model, path)
         model.eval().requires_grad_(False)
-        return model.to(device)
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            model.arena_channels_last = True  # System.restore feeds it channels-last inputs
+        return model
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ class System:
         self.random = any(link.random for link in self.links)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.model, "arena_channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x) if self.code is None else self.model(x, self.code)
 
     def purify(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -72,6 +72,7 @@ class UDCUNet(Restorer):
     name = "udcunet"
     needs_psf = False
     weights = Path(__file__).parent / "weights" / "udcunet.safetensors"
+    channels_last = True  # 1.2-1.3x faster forward+backward on CPU (bench_restorers.py)
 
     class Params(Params):
         width: int = Field(16, ge=4, le=64, description="channels at full resolution")

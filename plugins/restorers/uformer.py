@@ -134,6 +134,7 @@ class Uformer(Restorer):
     name = "uformer"
     needs_psf = False
     weights = Path(__file__).parent / "weights" / "uformer.safetensors"
+    channels_last = True  # 1.2-1.3x faster forward+backward on CPU (bench_restorers.py)
 
     class Params(Params):
         dim: int = Field(16, ge=8, le=64, description="embedding channels at full resolution")

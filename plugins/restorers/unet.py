@@ -53,6 +53,7 @@ class UNet(Restorer):
     name = "unet"
     needs_psf = False
     weights = Path(__file__).parent / "weights" / "unet.safetensors"
+    channels_last = True  # 1.2-1.3x faster forward+backward on CPU (bench_restorers.py)
 
     class Params(Params):
         width: int = Field(16, ge=4, le=64, description="channels at full resolution")
