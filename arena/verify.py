@@ -33,13 +33,13 @@ def _stored(engine, key: str) -> dict[str, Any]:
 
 
 def rerun(match: Match, device: str | None = None) -> dict[str, Any]:
-    from arena.run.driver import _hardening_jobs
+    from arena.run.driver import hardening_jobs
     from arena.run.executors import LocalExecutor
 
     d = match.data
     data = load_data(d.name, d.split, root=d.root, images=d.images, size=d.size, seed=d.seed)
     registry = load_registry()
-    hardened = LocalExecutor(None, device, registry).harden(_hardening_jobs([match], registry))
+    hardened = LocalExecutor(None, device, registry).harden(hardening_jobs([match], registry))
     return Worker(data, hardened, device=device, registry=registry).run(match)
 
 

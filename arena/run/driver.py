@@ -167,7 +167,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         bar.set_postfix(_postfix(report.counts, len(running)), refresh=True)
 
     try:
-        hardened = ex.harden(_hardening_jobs(todo, registry))
+        hardened = ex.harden(hardening_jobs(todo, registry))
         ex.run(todo, data, hardened, on_result, on_start)
     finally:
         bar.close()
@@ -188,7 +188,7 @@ def _postfix(counts: Counter, running: int) -> dict[str, int]:
             "running": running}
 
 
-def _hardening_jobs(todo: list[Match], registry: Registry) -> list[tuple]:
+def hardening_jobs(todo: list[Match], registry: Registry) -> list[tuple]:
     jobs = {}
     for m in todo:
         link = hardening_link(m, registry)

@@ -78,8 +78,12 @@ class Worker:
         needs_psf = self.registry.get("restorer", name).cls.needs_psf
         return System(self.model(spec), [], self.data.code.to(self.device) if needs_psf else None)
 
+    @staticmethod
+    def _clean_key(match: Match) -> tuple:
+        return (spec_id(match.restorer), tuple(spec_id(s) for s in match.defense), match.seed)
+
     def clean(self, match: Match, system: System) -> Clean:
-        key = (spec_id(match.restorer), tuple(spec_id(s) for s in match.defense), match.seed)
+        key = self._clean_key(match)
         if key not in self._clean:
             self._clean[key] = clean_pass(system, self.data.lq.to(self.device),
                                           self.data.hq.to(self.device), match.seed)
@@ -104,8 +108,7 @@ class Worker:
                 "finished_at": time.time()}
 
     def _clean_cost(self, match: Match) -> float | None:
-        key = (spec_id(match.restorer), tuple(spec_id(s) for s in match.defense), match.seed)
-        c = self._clean.get(key)
+        c = self._clean.get(self._clean_key(match))
         return c.defense_ms_per_mp if c else None
 
 

@@ -32,57 +32,15 @@ def scope(stmt, tournament_id: int | None):
     )
 
 
-def per_image_worst(tournament_id: int | None = None):
-    """Subquery: per system, budget and image, the clean score and the worst adversarial one."""
-    s, mt = m.scores, m.matches
-    stmt = select(
-        *(mt.c[g] for g in GROUP),
-        s.c.image,
-        func.avg(s.c.clean_psnr).label("clean_psnr"),
-        func.avg(s.c.clean_ssim).label("clean_ssim"),
-        func.min(s.c.adv_psnr).label("robust_psnr"),
-        func.min(s.c.adv_ssim).label("robust_ssim"),
-        func.count(func.distinct(mt.c.attack)).label("n_attacks"),
-        func.count(func.distinct(mt.c.seed)).label("n_seeds"),
-    ).select_from(s.join(mt, s.c.match_id == mt.c.id))
-    stmt = scope(stmt, tournament_id).where(mt.c.status == "done")
-    return stmt.group_by(*(mt.c[g] for g in GROUP), s.c.image).subquery()
-
-
 def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | None = None) -> list[dict[str, Any]]:
-    """One row per (threat, norm, eps, restorer, defense), ranked by robust PSNR within a budget."""
-    pi = per_image_worst(tournament_id)
-    stmt = select(
-        *(pi.c[g] for g in GROUP),
-        func.avg(pi.c.clean_psnr).label("clean_psnr"),
-        func.avg(pi.c.clean_ssim).label("clean_ssim"),
-        func.avg(pi.c.robust_psnr).label("robust_psnr"),
-        func.avg(pi.c.robust_ssim).label("robust_ssim"),
-        func.count().label("n_images"),
-        func.max(pi.c.n_attacks).label("n_attacks"),
-        func.max(pi.c.n_seeds).label("n_seeds"),
-    ).group_by(*(pi.c[g] for g in GROUP))
-    if threat:
-        stmt = stmt.where(pi.c.threat == threat)
-    rows = fetch(engine, stmt)
-    worst = {tuple(r[g] for g in GROUP): r for r in attack_table(engine, tournament_id)}
-    costs = {tuple(r[g] for g in GROUP): r["defense_ms_per_mp"] for r in defense_costs(engine, tournament_id)}
-    flagged = flags_by_system(engine)
-    spread = seed_spread(engine, tournament_id)
-    for r in rows:
-        k = tuple(r[g] for g in GROUP)
-        r.update(spread.get(k, {}))
-        r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"]
-        r["worst_attack"] = worst.get(k, {}).get("attack")
-        r["defense_ms_per_mp"] = costs.get(k)
-        r["flags"] = "; ".join(flagged.get(k, []))
-    rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["robust_psnr"]))
-    rank, prev = 0, None
-    for r in rows:
-        budget = (r["threat"], r["norm"], r["eps"])
-        rank = 1 if budget != prev else rank + 1
-        r["rank"], prev = rank, budget
-    return rows
+    """One row per (threat, norm, eps, restorer, defense), ranked by robust PSNR within a budget.
+
+    The one implementation lives in :func:`arena.store.views.leaderboard` (which also filters);
+    this is its unfiltered form for the command line and ``arena report``.
+    """
+    from arena.store import views  # views builds on this module
+
+    return views.leaderboard(engine, tournament_id, threat=threat)
 
 
 def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple, dict[str, float]]:
@@ -105,47 +63,6 @@ def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple,
         std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
         out[k] = {"robust_psnr_seed_mean": mean, "robust_psnr_seed_std": std}
     return out
-
-
-def attack_table(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
-    """Per system and budget, the attack with the lowest mean adversarial PSNR."""
-    rows = attack_damage(engine, tournament_id, by_system=True)
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        k = tuple(r[g] for g in GROUP)
-        if k not in best or r["adv_psnr"] < best[k]["adv_psnr"]:
-            best[k] = r
-    return list(best.values())
-
-
-def attack_damage(engine: Engine, tournament_id: int | None = None, by_system: bool = False) -> list[dict[str, Any]]:
-    """Mean damage of each attack (clean minus adversarial PSNR), with its cost."""
-    s, mt = m.scores, m.matches
-    keys = [mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack, mt.c.attack_kind]
-    if by_system:
-        keys += [mt.c.restorer, mt.c.defense]
-    stmt = select(
-        *keys,
-        func.avg(s.c.adv_psnr).label("adv_psnr"),
-        func.avg(s.c.clean_psnr - s.c.adv_psnr).label("damage_psnr"),
-        func.avg(s.c.clean_ssim - s.c.adv_ssim).label("damage_ssim"),
-        func.avg(s.c.queries).label("queries"),
-        func.count(func.distinct(mt.c.id)).label("n_matches"),
-    ).select_from(s.join(mt, s.c.match_id == mt.c.id))
-    stmt = scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*keys)
-    rows = fetch(engine, stmt)
-    times = {
-        tuple(r[k] for k in ("threat", "norm", "eps", "attack")): r["time_attack_s"]
-        for r in fetch(engine, scope(
-            select(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack,
-                   func.avg(mt.c.time_attack_s).label("time_attack_s")),
-            tournament_id,
-        ).where(mt.c.status == "done").group_by(mt.c.threat, mt.c.norm, mt.c.eps, mt.c.attack))
-    }
-    for r in rows:
-        r["time_attack_s"] = times.get((r["threat"], r["norm"], r["eps"], r["attack"]))
-    rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["damage_psnr"]))
-    return rows
 
 
 def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:

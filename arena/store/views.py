@@ -122,7 +122,7 @@ def match_stats(engine: Engine, tournament_id: int | None = None, **filters) -> 
 
 def _attack_means(stats: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
     """Per ``keys``: mean adversarial PSNR and damage over every score row (as
-    ``queries.attack_damage`` computes them), and mean cost over matches."""
+    a plain mean over score rows), and mean cost over matches."""
     acc: dict[tuple, dict[str, Any]] = {}
     for r in stats:
         a = acc.setdefault(_key(r, keys), {**{k: r[k] for k in keys}, "attack_kind": r["attack_kind"],
@@ -153,7 +153,7 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
                 restorers: Iterable[str] | None = None, defenses: Iterable[str] | None = None,
                 attacks: Iterable[str] | None = None,
                 attack_kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """The leaderboard of :func:`arena.store.queries.leaderboard`, with filters.
+    """The leaderboard: robust quality per system and budget, ranked, with filters.
 
     Restorer and defense filters only hide systems; attack and attack-kind filters choose
     which attacks count toward each image's worst case (and which attack is named worst).
