@@ -265,6 +265,16 @@ def train(ctx):
     click.echo(train_main(ctx.args))
 
 
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
+def zoo(names, device):
+    """Score every restorer with shipped weights on the test split; print the README table."""
+    from arena.train import zoo_table
+
+    click.echo(zoo_table(list(names) or None, device=device))
+
+
 @main.command("train-purifier")
 @click.option("--steps", default=850, show_default=True, help="the shipped purifier's count")
 @click.option("--out", default="purifier.safetensors", show_default=True)

@@ -189,6 +189,61 @@ def test_augmentation_keeps_pairs_aligned_and_psf_codes_true():
     assert not psf_invariant_rot180(data)
 
 
+def test_dead_leaves_scenes_are_seeded_hdr_and_varied():
+    import numpy as np
+
+    from arena.data.scenes import dead_leaves
+
+    a = dead_leaves(np.random.default_rng(3), 32, margin=31)
+    assert a.shape == (3, 94, 94) and np.isfinite(a).all() and a.min() >= 0
+    assert np.array_equal(a, dead_leaves(np.random.default_rng(3), 32, margin=31))
+    scenes = [dead_leaves(np.random.default_rng(s), 32) for s in range(40)]
+    peaks = np.array([s.max() for s in scenes])
+    assert (peaks > 4).mean() > 0.5  # most scenes hold light sources far above saturation
+    assert (peaks <= 1).mean() > 0.05  # and some hold none
+    # Occluding disks: many distinct flat regions, not one background with specks.
+    levels = [len(np.unique(s[0].round(6))) for s in scenes]
+    assert np.median(levels) > 20
+    medians = np.array([np.median(s) for s in scenes])
+    assert medians.min() < 0.02 < 0.1 < medians.max()  # dim night scenes and bright day ones
+
+
+def test_resynthesis_draws_physical_pairs_from_photos_and_dead_leaves():
+    from arena.api import ConfigError
+    from arena.data import form_udc
+    from arena.train import Resynthesis, make_batch
+
+    data = load_data("embedded", "test", images=9, size=16)
+    with pytest.raises(ConfigError, match=r"procedural share must be in \[0, 1\]"):
+        Resynthesis(data, procedural=1.5)
+    for share in (0.0, 1.0):
+        synth = Resynthesis(data, procedural=share)
+        lq, hq, code = synth.pairs(torch.arange(6), torch.Generator().manual_seed(0))
+        assert lq.shape == hq.shape == (6, 3, 16, 16) and code.shape == (6, CODE_DIM)
+        assert 0 <= float(lq.min()) and float(lq.max()) < 1 and not torch.equal(lq, hq)
+        again = synth.pairs(torch.arange(6), torch.Generator().manual_seed(0))
+        assert torch.equal(lq, again[0]) and torch.equal(hq, again[1])
+        # Every code is one of the bank's, so PSF-conditioned restorers get the true kernel.
+        assert all(any(torch.equal(c, b) for b in synth.codes) for c in code)
+    # Procedural scenes are not the stored photographs: none of their targets is a stored one.
+    assert not any(torch.equal(h, s) for h in hq for s in data.hq)
+    # A batch made only of resynthesised pairs (nothing drawn from the stored ones) works.
+    g = torch.Generator().manual_seed(1)
+    lq, hq, code = make_batch(data, 4, 16, g, True, False, Resynthesis(data, 0.5), 1.0)
+    assert lq.shape == (4, 3, 16, 16) and code.shape == (4, CODE_DIM)
+
+
+def test_zoo_table_scores_the_shipped_weights_now(registry):
+    from arena.train import zoo_table
+
+    table = zoo_table(["nafnet"], registry=registry)
+    m = read_manifest(shipped(restorer_cls(registry, "nafnet")))
+    row = next(line for line in table.splitlines() if line.startswith("| nafnet |"))
+    measured = float(row.split("|")[3])
+    assert abs(measured - m["clean_psnr"]) < 0.05 and "!" not in row
+    assert f"{m['input_psnr']:.2f} dB" in table.splitlines()[0]
+
+
 def test_lr_schedule_warms_up_then_decays():
     from arena.train import lr_factor
 
