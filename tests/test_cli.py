@@ -84,3 +84,15 @@ def test_plugins_check_reports_failures():
     assert res.exit_code == 0 and "passes every conformance check" in res.output
     res = CliRunner().invoke(main, ["plugins", "check", "nosuch"])
     assert res.exit_code == 1 and "no installed" in res.output
+
+
+def test_zoo_prints_the_table_and_names_unknown_restorers():
+    res = run("zoo", "unet")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("UDC input: ") and lines[2].startswith("| restorer | params |")
+    assert lines[-1].startswith("| unet | ") and "!" not in lines[-1]
+    res = CliRunner().invoke(main, ["zoo", "nosuch"])
+    assert res.exit_code == 1
+    [line] = res.output.strip().splitlines()
+    assert line.startswith("Error: unknown restorer 'nosuch' (registered: ") and "nafnet" in line
