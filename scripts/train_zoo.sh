@@ -21,8 +21,8 @@ EXTRA=(${TRAIN_ARGS:-})  # e.g. TRAIN_ARGS="--quiet"
 # chosen so the zoo trains in about 75 minutes on an idle two-core CPU as two queues side by
 # side (`scripts/train_zoo.sh unet nafnet udcunet & scripts/train_zoo.sh discnet uformer`),
 # about half an hour per family: the families differ 4x in cost per step. NAFNet takes a
-# higher peak rate (2e-3 beat 1e-3 at 3000 steps, 24.1 vs 23.1 dB), the transformer a lower
-# one (it overshoots at 1e-3).
+# higher peak rate (2e-3 at 3000 steps gave 24.1 dB, 1e-3 at 1200 steps 23.1), the
+# transformer a lower one (it overshot at 1e-3 with batch 4).
 declare -A RECIPE=(
   [unet]="12000 8 1.5e-3"
   [nafnet]="10000 8 2e-3"

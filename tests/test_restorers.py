@@ -311,7 +311,8 @@ def test_shipped_weights_are_small_and_documented(registry, name):
     assert path.stat().st_size < 8 * 2**20
     m = read_manifest(path)
     assert m["restorer"] == name and m["data_version"].startswith("embedded")
-    assert m["clean_psnr"] > m["input_psnr"]
+    # A clear margin over the UDC input on the test split (the README table's gain column).
+    assert m["clean_psnr"] > m["input_psnr"] + 1.5, (m["clean_psnr"], m["input_psnr"])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
