@@ -112,6 +112,8 @@ steps = 40
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_is_stored(tmp_path):
     cfg = tmp_path / "t.toml"
+    # 2000 PGD steps make each match last about 2 s here (200 steps took 0.2 s, and the run
+    # could finish between the poll that saw the first stored match and the Ctrl-C).
     cfg.write_text('''
 name = "ctrlc"
 workers = 2
@@ -124,22 +126,22 @@ name = "tiny"
 name = "pgd"
 [[budgets]]
 eps = "1/255"
-steps = 200
+steps = 2000
 [[budgets]]
 eps = "2/255"
-steps = 200
+steps = 2000
 [[budgets]]
 eps = "3/255"
-steps = 200
+steps = 2000
 [[budgets]]
 eps = "4/255"
-steps = 200
+steps = 2000
 [[budgets]]
 eps = "5/255"
-steps = 200
+steps = 2000
 [[budgets]]
 eps = "6/255"
-steps = 200
+steps = 2000
 ''')
     db = str(tmp_path / "c.db")
     proc = subprocess.Popen(_arena("run", str(cfg), "--db", db, "--quiet"), stdout=subprocess.PIPE,
