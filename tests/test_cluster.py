@@ -112,8 +112,8 @@ steps = 40
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_is_stored(tmp_path):
     cfg = tmp_path / "t.toml"
-    # 2000 PGD steps make each match last about 2 s here (200 steps took 0.2 s, and the run
-    # could finish between the poll that saw the first stored match and the Ctrl-C).
+    # 2000 PGD steps make each match last about 2 s (200 steps took 0.2 s on an idle machine,
+    # close to the 0.5 s poll that waits for the first stored match before the Ctrl-C).
     cfg.write_text('''
 name = "ctrlc"
 workers = 2
@@ -144,8 +144,11 @@ eps = "6/255"
 steps = 2000
 ''')
     db = str(tmp_path / "c.db")
+    # A shell that starts the test suite in the background (`.ci/run &`) makes its children
+    # ignore SIGINT, and that disposition survives exec; a user at a terminal has the default.
     proc = subprocess.Popen(_arena("run", str(cfg), "--db", db, "--quiet"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, stored = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None and stored < 1:
         time.sleep(0.5)
