@@ -18,7 +18,7 @@ EXTRA=(${TRAIN_ARGS:-})  # e.g. TRAIN_ARGS="--quiet"
 [ ${#FAMILIES[@]} -eq 0 ] && FAMILIES=(unet udcunet nafnet discnet uformer)
 
 # Per family: steps, batch, peak learning rate (crops are the full 64 px samples). Steps are
-# chosen so the zoo trains in about 75 minutes on an idle two-core CPU as two queues side by
+# chosen so the zoo trains in about 80 minutes on an idle two-core CPU as two queues side by
 # side (`scripts/train_zoo.sh unet nafnet udcunet & scripts/train_zoo.sh discnet uformer`),
 # about half an hour per family: the families differ 4x in cost per step. NAFNet takes a
 # higher peak rate (2e-3 at 3000 steps gave 24.1 dB, 1e-3 at 1200 steps 23.1), the
