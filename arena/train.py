@@ -102,7 +102,7 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, dihedral: bo
 
 def random_crop(x: torch.Tensor, y: torch.Tensor, crop: int, gen: torch.Generator):
     h, w = x.shape[-2:]
-    if crop >= min(h, w) or len(x) == 0:
+    if crop >= min(h, w):
         return x, y
     xs, ys = [], []
     for i in range(x.shape[0]):

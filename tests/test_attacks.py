@@ -27,13 +27,7 @@ QUICK = {"cw": {"binary_steps": 2}, "pgd": {"restarts": 2}, "apgd": {"restarts":
 CLEAN = {"cospgd": {"random_start": False}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on two shared cores: more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

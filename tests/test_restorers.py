@@ -17,13 +17,7 @@ FAMILIES = ["unet", "discnet", "nafnet", "uformer", "udcunet"]
 CODE_DIM = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machines these tests run on are shared; one thread per test process is fastest there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +204,6 @@ def test_dead_leaves_scenes_are_seeded_hdr_and_varied():
 
 def test_resynthesis_draws_physical_pairs_from_photos_and_dead_leaves():
     from arena.api import ConfigError
-    from arena.data import form_udc
     from arena.train import Resynthesis, make_batch
 
     data = load_data("embedded", "test", images=9, size=16)
