@@ -346,6 +346,9 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     """
     if steps < 1:
         raise ConfigError(f"steps must be positive, got {steps}")
+    for key, share in (("synth_share", synth_share), ("procedural", procedural)):
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{key} is a share of a batch, in [0, 1]; got {share}")
     if threads:
         torch.set_num_threads(threads)
     registry = registry or load_registry()

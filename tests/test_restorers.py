@@ -226,6 +226,19 @@ def test_resynthesis_draws_physical_pairs_from_photos_and_dead_leaves():
     assert lq.shape == (4, 3, 16, 16) and code.shape == (4, CODE_DIM)
 
 
+@pytest.mark.parametrize("key", ["synth_share", "procedural"])
+def test_training_refuses_a_share_outside_0_1_before_any_work(registry, tmp_path, key):
+    from arena.api import ConfigError
+    from arena.train import train_restorer
+
+    # synth_share=0 means no Resynthesis is built: the procedural share must still be checked.
+    shares = {"synth_share": 0.0, "procedural": 0.0, key: 1.5}
+    with pytest.raises(ConfigError, match=rf"^{key} is a share of a batch, in \[0, 1\]; got 1.5$"):
+        train_restorer("unet", 5, tmp_path / "out", registry=registry, work_dir=tmp_path / "w",
+                       progress=False, **shares)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
 def test_zoo_table_scores_the_shipped_weights_now(registry):
     from arena.train import zoo_table
 
