@@ -33,7 +33,22 @@ def m002_match_placement(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
 
 
-MIGRATIONS = [m001_initial, m002_match_placement]
+M003_COLUMNS = (("blame", "VARCHAR(20)"), ("verified", "BOOLEAN"), ("warm_gap_db", "FLOAT"),
+                ("eot_used", "INTEGER"), ("evaluations", "INTEGER"), ("evaluation_limit", "INTEGER"),
+                ("probes", "JSON"))
+
+
+def m003_enforcement(conn: Connection) -> None:
+    """The arena's rule enforcement: blame, fresh re-scoring, evaluation counts, probes, and the
+    stored adversarial batches."""
+    have = {c["name"] for c in inspect(conn).get_columns("matches")}
+    for name, sql_type in M003_COLUMNS:
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
+    models.adversarial.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
+    LargeBinary,
     DateTime,
     Float,
     ForeignKey,
@@ -85,6 +87,14 @@ matches = Table(
     Column("node", String(100)),  # m002
     Column("started_at", Float),  # m002, epoch seconds
     Column("finished_at", Float),  # m002
+    # m003: the arena's own rule enforcement (EVALUATION.md, "Entrants are adversaries")
+    Column("blame", String(20)),  # who a failed/disqualified match counts against: attack | system | infra
+    Column("verified", Boolean),  # scores recomputed by a fresh system in a fresh process
+    Column("warm_gap_db", Float),  # largest |warm - fresh| adversarial PSNR over the images
+    Column("eot_used", Integer),  # EOT draws the attack's target actually used
+    Column("evaluations", Integer),  # images through the defended system during the attack
+    Column("evaluation_limit", Integer),  # the bound on them (README: trust)
+    Column("probes", JSON),  # the worker's probes of the system's declarations
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 
@@ -109,6 +119,14 @@ samples = Table(
     Column("image", String(200), nullable=False),
     Column("kind", String(40), nullable=False),  # lq | adv | delta | restored_clean | restored_adv | hq
     Column("path", Text, nullable=False),
+)
+
+adversarial = Table(  # m003: every finished match's adversarial batch, losslessly
+    "adversarial", metadata,
+    Column("match_id", ForeignKey("matches.id", ondelete="CASCADE"), primary_key=True),
+    Column("shape", JSON, nullable=False),  # (N, 3, H, W), float32, C order
+    Column("sha256", String(64), nullable=False),  # of the raw float32 bytes
+    Column("data", LargeBinary, nullable=False),  # zlib-compressed float32 bytes
 )
 
 tournament_matches = Table(
