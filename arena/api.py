@@ -12,25 +12,131 @@ carry the maths.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     from arena.data import UDCData
-    from arena.threat import Budget, Target
 
 
 class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
+class RuleViolation(Exception):
+    """A component broke one of the arena's rules: its match is disqualified, never scored.
+
+    Raised by the arena (the target an attack holds, the worker's checks), never to be raised or
+    caught by plugins: the arena remembers the first violation even if an attack swallows it.
+    """
+
+
+class SystemFault(Exception):
+    """The defended system (the restorer or a defense link) raised or returned non-finite
+    values while the arena or an attack used it: the match fails and counts against the system."""
+
+
 class Params(BaseModel):
     """Base of every component's parameters: unknown fields are errors, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Budget and Target: what an attack may spend, and the oracle it spends it on
+# --------------------------------------------------------------------------------------------
+
+#: Most runs of ``budget.steps`` iterations an attack may declare (``Attack.rounds``).
+MAX_ROUNDS = 100
+
+
+class Budget(Params):
+    """What an attack may spend: norm ball, iterations and model queries."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(8 / 255, gt=0, le=64, description="radius, in [0,1] image units")
+    steps: int = Field(10, ge=1, le=100_000, description="iterations of iterative attacks")
+    queries: int = Field(1000, ge=1, le=10_000_000, description="query limit per image")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _fraction(cls, v):
+        # "8/255" reads better in a config than 0.03137...
+        if isinstance(v, str):
+            try:
+                return float(Fraction(v.replace(" ", "")))
+            except (ValueError, ZeroDivisionError):
+                raise ValueError("eps must be a number or a fraction like '8/255'") from None
+        return v
+
+    def label(self) -> str:
+        return f"{self.norm} eps={self.eps:.4g}"
+
+    def evaluation_limit(self, images: int, rounds: int, eot: int) -> int:
+        """The most images a gradient-using attack may pass through its target's ``forward``:
+        ``images x (steps + 2) x rounds x eot`` (each EOT draw is one evaluation; the two extra
+        per round pay for a start point and a final ranking of the last iterate)."""
+        return images * (self.steps + 2) * rounds * eot
+
+
+class Target(Protocol):
+    """What an attack receives: an oracle over the defended system, never the system itself.
+
+    Which members exist depends on the attack's declared ``kind``; using one that the kind does
+    not allow (a score-based attack calling ``forward``) disqualifies the match.
+
+    Every kind:
+      - ``query(x, hq=None, index=None)``: per-row loss of the *full* defended system. Each row
+        is one query of the image it belongs to: ``x`` has one row per image of the match, or
+        ``index`` (a LongTensor, one entry per row) names each row's image. The reference is the
+        arena's own (``hq`` is accepted for compatibility and ignored). Past ``budget.queries``
+        per image the match is disqualified.
+      - ``queries_left()``: queries the most-queried image still has.
+      - ``record(loss)``: append a per-image loss (or its mean) to the convergence record.
+      - ``threat``, ``objective``, ``eot`` (draws per gradient; 1 unless the system is random
+        and the threat model adaptive), ``device``.
+    ``white-box`` adds:
+      - ``forward(x)``: the differentiable output (adaptive: through the defense's declared
+        gradient rules; oblivious: the undefended restorer). Each row and EOT draw is one
+        evaluation; at most ``Budget.evaluation_limit(images, attack.rounds(), eot)``.
+      - ``loss(x, hq=None)``, ``loss_grad(x, hq=None, steer=None)``: per-image objective (and its
+        gradient, averaged over ``eot`` draws). ``steer(out, ref) -> (rank, drive)`` lets an
+        attack climb another loss (``drive``) while ranking iterates by ``rank``.
+      - ``mean_loss(x)``: the objective without gradient, averaged over ``eot`` draws.
+      - ``reference()``: what the objective compares with (ground truth, or the clean output
+        for ``mse_clean``); ``clean_out``: the clean output the arena computed.
+    ``transfer`` adds ``surrogate(name, params=None)``: a white-box Target (oblivious) over an
+    undefended restorer of the zoo, with the same evaluation bound.
+    """
+
+    threat: str
+    objective: str
+    eot: int
+    device: torch.device
+
+    def query(self, x: torch.Tensor, hq: torch.Tensor | None = None,
+              index: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def queries_left(self) -> int: ...
+
+    def record(self, loss: torch.Tensor | float) -> None: ...
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, x: torch.Tensor, hq: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def loss_grad(self, x: torch.Tensor, hq: torch.Tensor | None = None,
+                  steer: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def mean_loss(self, x: torch.Tensor, hq: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def reference(self, hq: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def surrogate(self, name: str, params: dict[str, Any] | None = None) -> Target: ...
 
 
 def describe_validation_error(where: str, exc: ValidationError) -> str:
@@ -167,11 +273,17 @@ class Attack(Component):
         raise NotImplementedError
 
     def run(self, target: Target, lq, hq, budget: Budget, generator: torch.Generator):
-        lq = lq.detach().to(target.device)
-        hq = hq.detach().to(target.device)
+        # copies: whatever perturb does to its inputs never reaches the caller's tensors
+        lq = lq.detach().to(target.device).clone()
+        hq = hq.detach().to(target.device).clone()
         with torch.enable_grad():
             x_adv = self.perturb(target, lq, hq, budget, generator)
         return x_adv.detach()
+
+    def rounds(self) -> int:
+        """Runs of ``budget.steps`` iterations this attack makes (its ``restarts`` parameter, if
+        it has one): the factor in its evaluation bound, at most ``MAX_ROUNDS``."""
+        return int(getattr(self.params, "restarts", 1))
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
@@ -265,6 +377,7 @@ __all__ = [
     "Attack",
     "AttackKind",
     "AttackParams",
+    "Budget",
     "Component",
     "ConfigError",
     "Defense",
@@ -272,4 +385,7 @@ __all__ = [
     "Objective",
     "Params",
     "Restorer",
+    "RuleViolation",
+    "SystemFault",
+    "Target",
 ]

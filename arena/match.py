@@ -1,7 +1,11 @@
-"""Evaluate one match: clean, attacked, defended; budget verification; metrics.
+"""Evaluate one match: clean, attacked, defended; the arena's checks; metrics.
 
 Runs inside a worker. Everything it needs arrives as plain data (the Match) plus the worker's
 warm components; everything it returns is plain data for the driver to store.
+
+Entrants are adversaries (EVALUATION.md): components get copies of the arena's tensors, the
+attack gets an oracle that fits its kind, and every outcome says whom a failure counts against
+(``blame``: ``attack``, ``system`` or ``infra``).
 """
 
 from __future__ import annotations
@@ -9,16 +13,22 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from arena.api import Attack
+from arena.api import Attack, RuleViolation, SystemFault
 from arena.data import UDCData
 from arena.metrics import psnr, ssim
 from arena.plan import Match
-from arena.threat import System, Target, verify
+from arena.threat import QueryTarget, System, make_target, verify
+
+#: dB by which a fresh system's score of a stored adversarial batch may differ from the warm
+#: worker's before the system is disqualified as stateful (float noise is ~1e-5 dB).
+STATEFUL_TOLERANCE_DB = 0.01
+#: how far apart two outputs must be before the probes call them different (float noise)
+PROBE_ATOL = 1e-5
 
 
 @dataclass
@@ -37,6 +47,7 @@ class Outcome:
     status: str  # done | failed | disqualified
     reason: str | None = None
     error: str | None = None
+    blame: str | None = None  # attack | system | infra
     scores: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)  # image, kind, uint8 HWC array
     timings: dict[str, float] = field(default_factory=dict)
@@ -44,6 +55,11 @@ class Outcome:
     start_grad: dict[str, float] | None = None
     gradient_calls: int = 0
     peak_mem_mb: float | None = None
+    adv: np.ndarray | None = None  # the adversarial batch, float32, exactly as scored
+    eot_used: int | None = None
+    evaluations: int | None = None
+    evaluation_limit: int | None = None
+    probes: dict[str, Any] | None = None
 
 
 def generator(seed: int) -> torch.Generator:
@@ -61,12 +77,14 @@ def clean_pass(system: System, lq: torch.Tensor, hq: torch.Tensor, seed: int) ->
     _sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        purified = system.purify(lq, generator(seed))
+        purified = system.purify(lq.clone(), generator(seed))
         _sync(device)
         t1 = time.perf_counter()
         out = system.restore(purified).clamp(0, 1)
     _sync(device)
     t2 = time.perf_counter()
+    if not torch.isfinite(out).all():
+        raise SystemFault("the system returned non-finite values on the clean input")
     megapixels = lq.shape[0] * lq.shape[-1] * lq.shape[-2] / 1e6
     return Clean(out, psnr(out, hq), ssim(out, hq), 1000 * (t1 - t0) / megapixels, t2 - t0)
 
@@ -75,9 +93,146 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean: Clean,
-             samples: int = 0, surrogate=None) -> Outcome:
-    """Attack the system on the data; verify the batch; score clean and adversarial outputs."""
+# --------------------------------------------------------------------------------------------
+# Probes: the worker checks a system's declarations before its first match
+# --------------------------------------------------------------------------------------------
+
+
+def probe_image(like: torch.Tensor, seed: int = 12345) -> torch.Tensor:
+    """A smooth random image batch of ``like``'s shape that no component has seen before."""
+    g = generator(seed)
+    n, c, h, w = like.shape
+    coarse = torch.rand((n, c, max(2, h // 4), max(2, w // 4)), generator=g)
+    img = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return (0.15 + 0.7 * img).to(like.device)
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape != b.shape or not torch.allclose(a, b, atol=PROBE_ATOL, rtol=0)
+
+
+def probe(system: System, fresh: Callable[[], System], like: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Run cheap checks of what the system's links declare; ``violation`` says what is false.
+
+    - randomness: the same generator state twice must give the same output (anything else draws
+      from outside the generator: the global RNG, the clock); two states may differ only if a
+      link declares ``random``;
+    - statefulness: an input seen twice around another gives the same output both times, and the
+      same as a freshly built system gives;
+    - gradients: under the declared rules they exist, are finite and not all zero.
+    """
+    out: dict[str, Any] = {"violation": None}
+    z = probe_image(like, seed)
+    nudge = (torch.rand(z.shape, generator=generator(seed + 1)).to(z.device) - 0.5) * (4 / 255)
+    z2 = (z + nudge).clamp(0, 1)
+    try:
+        system(z.clone(), generator(seed))  # the warm system sees z, then a near neighbour
+        after = system(z2.clone(), generator(seed))
+        again = system(z2.clone(), generator(seed))
+        other = system(z2.clone(), generator(seed + 7))
+        anew = fresh()(z2.clone(), generator(seed))
+    except SystemFault as exc:
+        out["violation"] = f"probe: {exc}"
+        return out
+    out["random_declared"], out["random_observed"] = system.random, _differ(after, other)
+    if _differ(after, again):
+        out["violation"] = ("probe: the same input and generator state gave different outputs: the "
+                            "defended system draws randomness outside its generator or keeps state")
+    elif _differ(after, anew):
+        out["violation"] = ("probe: stateful: after seeing a nearby input the system's output "
+                            "differs from a freshly built system's")
+    elif out["random_observed"] and not system.random:
+        out["violation"] = ("probe: a defense declared random = False, but two generator states "
+                            "give different outputs; declare random = True")
+    if out["violation"]:
+        return out
+    out.update(_probe_gradient(system, z2, seed))
+    return out
+
+
+def _probe_gradient(system: System, x: torch.Tensor, seed: int) -> dict[str, Any]:
+    if not system.links:
+        return {}
+    x = x.clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            y = system.restore(system.purify_differentiable(x, generator(seed)))
+            (grad,) = torch.autograd.grad(y.square().mean(), x)
+    except Exception as exc:  # noqa: BLE001 - any failure of the declared gradient is the finding
+        cause = exc.__cause__ or exc
+        return {"violation": f"probe: the gradient under the declared rules raised "
+                             f"{type(cause).__name__}: {cause}"}
+    rules = ", ".join(f"{type(link).name}={link.gradient}" for link in system.links)
+    if not torch.isfinite(grad).all():
+        return {"violation": f"probe: non-finite gradient through the declared rules ({rules})"}
+    magnitude = float(grad.abs().mean())
+    if magnitude == 0.0:
+        return {"violation": f"probe: zero gradient through the declared rules ({rules}): the "
+                             "gradient is masked; declare gradient = 'bpda' with an approx"}
+    return {"grad_abs_mean": magnitude}
+
+
+# --------------------------------------------------------------------------------------------
+# The match
+# --------------------------------------------------------------------------------------------
+
+
+class Watch:
+    """Counts the rows every watched restorer module sees while armed, so that evaluations
+    made around the oracle (reaching the model through Python's back doors) show up."""
+
+    def __init__(self):
+        self.armed = False
+        self.rows: dict[int, int] = {}
+        self.strangers = 0  # module forwards outside any oracle call (score-based attacks)
+        self._oracles: list[QueryTarget] = []
+        self._global = None
+
+    def watch(self, model: torch.nn.Module) -> None:
+        def count(module, args):
+            if self.armed:
+                self.rows[id(module)] = self.rows.get(id(module), 0) + int(args[0].shape[0])
+        model.register_forward_pre_hook(count)
+
+    def arm(self, oracle: QueryTarget, only_oracle: bool) -> None:
+        self.armed, self.rows, self.strangers, self._oracles = True, {}, 0, [oracle]
+        if only_oracle:  # a score-based attack runs no network of its own
+
+            def any_module(module, args):
+                if not any(o.inside for o in self._oracles):
+                    self.strangers += 1
+            self._global = torch.nn.modules.module.register_module_forward_pre_hook(any_module)
+
+    def disarm(self) -> None:
+        self.armed = False
+        if self._global is not None:
+            self._global.remove()
+            self._global = None
+
+    def problem(self, oracle: QueryTarget, models: dict[int, torch.nn.Module]) -> str | None:
+        if self.strangers:
+            return f"a {oracle.kind} attack ran a neural network outside its target ({self.strangers} calls)"
+        oracles = [oracle, *getattr(oracle, "made", [])]
+        expected: dict[int, int] = {}
+        for o in oracles:
+            key = id(o._system.model)
+            expected[key] = expected.get(key, 0) + o.model_rows
+        for key in set(expected) | set(self.rows):
+            if key not in models:
+                continue
+            seen, allowed = self.rows.get(key, 0), expected.get(key, 0)
+            if seen > allowed:
+                return f"the attack evaluated the restorer outside its target ({seen - allowed} uncounted images)"
+            if seen < allowed:
+                return "the attack tampered with the arena's hooks on the restorer"
+        return None
+
+
+def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean: Clean, *,
+             samples: int = 0, surrogates: Callable | None = None, watch: Watch | None = None,
+             models: dict[int, torch.nn.Module] | None = None,
+             integrity: Callable[[], str | None] = lambda: None) -> Outcome:
+    """Attack the system on copies of the data; check the rules; score clean and adversarial."""
     device = clean.out.device
     lq, hq = data.lq.to(device), data.hq.to(device)
     if device.type == "cuda":
@@ -85,49 +240,138 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     reference = clean.out
     if match.threat == "oblivious" and attack.params.objective == "mse_clean":
         with torch.no_grad():
-            reference = system.restore(lq).clamp(0, 1)
-    target = Target(system, match.threat, attack.params.objective, generator(match.seed + 1),
-                    eot=match.eot, clean_out=reference)
-    target.surrogate = surrogate
+            reference = system.restore(lq.clone()).clamp(0, 1)
+    rounds = min(max(int(attack.rounds()), 1), 100)
+    target = make_target(attack.kind, system, match.threat, attack.params.objective,
+                         generator(match.seed + 1), eot=match.eot, clean_out=reference.clone(),
+                         hq=hq.clone(), lq=lq.clone(), budget=match.budget, rounds=rounds,
+                         surrogates=surrogates)
     t0 = time.perf_counter()
+    x_adv, caught = None, None
+    if watch is not None:
+        watch.arm(target, only_oracle=attack.kind in ("score-based", "decision-free"))
     try:
-        x_adv = attack.run(target, lq, hq, match.budget, generator(match.seed + 2))
-    except Exception as exc:
-        return Outcome("failed", reason=f"attack raised {type(exc).__name__}: {exc}",
-                       error=traceback.format_exc())
+        x_adv = attack.run(target, lq.clone(), hq.clone(), match.budget, generator(match.seed + 2))
+    except BaseException as exc:  # noqa: BLE001 - a timeout must pass, everything else is judged
+        if not isinstance(exc, Exception):
+            raise
+        caught = exc
+    finally:
+        if watch is not None:
+            watch.disarm()
     _sync(device)
-    t_attack = time.perf_counter() - t0
     outcome = Outcome("done", trace=target.trace, start_grad=target.start_grad,
-                      gradient_calls=target.gradient_calls)
-    outcome.timings = {"clean": clean.time_s, "attack": t_attack}
+                      gradient_calls=target.gradient_calls, eot_used=target.eot,
+                      evaluations=target.evaluations + sum(p.evaluations for p in getattr(target, "made", [])),
+                      evaluation_limit=(match.budget.evaluation_limit(len(lq), rounds, target.eot)
+                                        if attack.kind in ("white-box", "transfer") else None))
+    outcome.timings = {"clean": clean.time_s, "attack": time.perf_counter() - t0}
+    problem = (target.violation
+               or (watch.problem(target, models or {}) if watch is not None else None)
+               or integrity())
+    if problem:
+        return _judged(outcome, "disqualified", "attack", problem, caught)
+    if target.fault or isinstance(caught, SystemFault):
+        return _judged(outcome, "failed", "system", target.fault or str(caught), caught)
+    if caught is not None:
+        return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
     problem = verify(x_adv, lq, match.budget, target.queries)
     if problem:
-        outcome.status, outcome.reason = "disqualified", problem
-        return outcome
+        return _judged(outcome, "disqualified", "attack", problem)
+    x_adv = x_adv.detach().float().clone()
+    outcome.adv = x_adv.cpu().numpy().copy()
     t1 = time.perf_counter()
-    adv_out = system(x_adv, generator(match.seed))  # same defense draw as the clean pass
-    adv_psnr, adv_ssim = psnr(adv_out, hq), ssim(adv_out, hq)
+    try:
+        adv_out = system(x_adv.clone(), generator(match.seed))  # same defense draw as the clean pass
+    except SystemFault as exc:
+        return _judged(outcome, "failed", "system", str(exc), exc)
+    problem = integrity()
+    if problem:
+        return _judged(outcome, "disqualified", "system", problem)
+    if not torch.isfinite(adv_out).all():
+        return _judged(outcome, "failed", "system", "the system returned non-finite values on the adversarial input")
     outcome.timings["eval"] = time.perf_counter() - t1
-    delta = (x_adv - lq).flatten(1)
-    queries = target.queries if target.queries is not None else torch.zeros(len(lq), dtype=torch.long)
-    for i, image in enumerate(data.ids):
-        outcome.scores.append({
-            "image": image,
-            "clean_psnr": float(clean.psnr[i]), "clean_ssim": float(clean.ssim[i]),
-            "adv_psnr": float(adv_psnr[i]), "adv_ssim": float(adv_ssim[i]),
-            "linf": float(delta[i].abs().max()), "l2": float(delta[i].norm()),
-            "queries": int(queries[i]),
-        })
-    for i in range(min(samples, len(lq))):
-        amplified = (0.5 + (x_adv[i] - lq[i]) / (2 * max(match.budget.eps, 1e-8))).clamp(0, 1)
-        if match.budget.norm == "l2":
-            d = x_adv[i] - lq[i]
-            amplified = (0.5 + d / (2 * d.abs().max().clamp_min(1e-8))).clamp(0, 1)
-        for kind, img in (("lq", lq[i]), ("adv", x_adv[i]), ("delta", amplified),
-                          ("restored_clean", clean.out[i]), ("restored_adv", adv_out[i]), ("hq", hq[i])):
-            outcome.samples.append({"image": data.ids[i], "kind": kind, "array": to_uint8(img)})
+    outcome.scores = score_rows(data.ids, clean, adv_out, hq, x_adv, lq, target.queries)
+    outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
     if device.type == "cuda":
         outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    if not all(np.isfinite([s["adv_psnr"] for s in outcome.scores])):
-        outcome.status, outcome.reason = "disqualified", "non-finite scores"
     return outcome
+
+
+def _judged(outcome: Outcome, status: str, blame: str, reason: str, exc: BaseException | None = None) -> Outcome:
+    outcome.status, outcome.blame, outcome.reason = status, blame, reason
+    outcome.adv, outcome.scores = None, []
+    if exc is not None:
+        outcome.error = "".join(traceback.format_exception(exc))
+    return outcome
+
+
+def score_rows(ids, clean: Clean, adv_out, hq, x_adv, lq, queries) -> list[dict[str, Any]]:
+    adv_psnr, adv_ssim = psnr(adv_out, hq), ssim(adv_out, hq)
+    delta = (x_adv - lq).flatten(1)
+    queries = queries if queries is not None else torch.zeros(len(lq), dtype=torch.long)
+    return [{"image": image,
+             "clean_psnr": float(clean.psnr[i]), "clean_ssim": float(clean.ssim[i]),
+             "adv_psnr": float(adv_psnr[i]), "adv_ssim": float(adv_ssim[i]),
+             "linf": float(delta[i].abs().max()), "l2": float(delta[i].norm()),
+             "queries": int(queries[i])} for i, image in enumerate(ids)]
+
+
+def sample_rows(ids, match: Match, samples: int, lq, x_adv, clean_out, adv_out, hq) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(min(samples, len(lq))):
+        d = x_adv[i] - lq[i]
+        scale = match.budget.eps if match.budget.norm == "linf" else float(d.abs().max())
+        amplified = (0.5 + d / (2 * max(scale, 1e-8))).clamp(0, 1)
+        for kind, img in (("lq", lq[i]), ("adv", x_adv[i]), ("delta", amplified),
+                          ("restored_clean", clean_out[i]), ("restored_adv", adv_out[i]), ("hq", hq[i])):
+            rows.append({"image": ids[i], "kind": kind, "array": to_uint8(img)})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Fresh re-scoring: the score that counts
+# --------------------------------------------------------------------------------------------
+
+
+def rescore(systems: list[tuple[Callable[[], System], list[dict[str, Any]]]], data: UDCData,
+            device: torch.device) -> list[dict[str, Any]]:
+    """Score stored adversarial batches with freshly built systems (one per batch), then the
+    clean inputs: every system's adversarial batches come before any clean image, so no
+    instance, and no state a plugin keeps in its module, has seen the clean images or the
+    attack's queries. ``systems``: (build, entries) with entries of ``key``, ``seed``, ``adv``
+    (float32 array). Returns per system the per-image adversarial PSNR/SSIM per key and the
+    clean ones per seed, or ``fault``."""
+    lq, hq = data.lq.to(device), data.hq.to(device)
+    results = [{"adv": {}, "clean": {}, "fault": None} for _ in systems]
+
+    def scored(i: int, x: torch.Tensor, seed: int) -> dict[str, list[float]] | None:
+        build, out = systems[i][0], results[i]
+        if out["fault"]:
+            return None
+        try:
+            y = build()(x, generator(seed))
+        except SystemFault as exc:
+            out["fault"] = str(exc)
+            return None
+        return {"psnr": psnr(y, hq).tolist(), "ssim": ssim(y, hq).tolist()}
+
+    for i, (_, entries) in enumerate(systems):
+        for e in entries:
+            results[i]["adv"][e["key"]] = scored(i, torch.from_numpy(np.asarray(e["adv"], dtype=np.float32)).to(device), e["seed"])
+    for i, (_, entries) in enumerate(systems):
+        for seed in sorted({e["seed"] for e in entries}):
+            results[i]["clean"][seed] = scored(i, lq.clone(), seed)
+    return results
+
+
+def warm_gap(scores: list[dict[str, Any]], fresh_adv: dict[str, list], fresh_clean: dict[str, list]) -> float:
+    """Largest |warm - fresh| PSNR over the images of one match, clean or adversarial."""
+    gaps = [abs(s["adv_psnr"] - a) for s, a in zip(scores, fresh_adv["psnr"])]
+    gaps += [abs(s["clean_psnr"] - c) for s, c in zip(scores, fresh_clean["psnr"])]
+    finite = [g for g in gaps if np.isfinite(g)]
+    return float("inf") if len(finite) < len(gaps) else max(finite, default=0.0)
+
+
+__all__ = ["Clean", "Outcome", "RuleViolation", "STATEFUL_TOLERANCE_DB", "Watch", "clean_pass",
+           "evaluate", "probe", "rescore", "warm_gap"]

@@ -85,6 +85,8 @@ class Match(BaseModel):
     eot: int
     data: DataSpec
     seed: int
+    #: "role:name" -> "package version fingerprint" of every component (results follow code)
+    versions: dict[str, str] = Field(default_factory=dict)
     status: Literal["planned", "skipped"] = "planned"
     reason: str | None = None
 
@@ -175,10 +177,27 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
                 restorer=r, defense=d, attack=a,
                 attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
                 budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=seed,
+                versions=versions(registry, r, d, a),
                 status="skipped" if reason else "planned", reason=reason,
             )
         )
     return matches
+
+
+def versions(registry: Registry, restorer: Spec, defense: tuple[Spec, ...], attack: Spec) -> dict[str, str]:
+    """Package, version and code fingerprint of each component of a match (and of a transfer
+    attack's surrogate restorer)."""
+    from arena.fingerprint import fingerprint
+
+    parts = [("restorer", restorer), ("attack", attack), *(("defense", s) for s in defense)]
+    surrogate = attack.params.get("surrogate")
+    if isinstance(surrogate, str) and surrogate in registry.entries["restorer"]:
+        parts.append(("restorer", Spec(name=surrogate)))
+    out = {}
+    for role, spec in parts:
+        e = registry.get(role, spec.name, allow_unavailable=True)
+        out[f"{role}:{spec.name}"] = f"{e.package} {e.version} {fingerprint(e.cls)}".strip()
+    return out
 
 
 def config_hash(t: Tournament) -> str:

@@ -1,20 +1,22 @@
-"""Threat models: the budget, the defended system, and the Target an attack sees.
+"""Threat models: the defended system, and the oracles (``arena.api.Target``) attacks receive.
 
 Under ``oblivious`` the attacker differentiates the undefended restorer and the defense is
 applied only at evaluation (the study's setting). Under ``adaptive`` the attacker gets the whole
 defended system: exact gradients where a link is differentiable, BPDA where it declares it, and
 EOT over draws of random links. Score-based queries always go through the full defended system.
+
+An attack never holds the system: it holds an oracle that exposes only what its kind allows,
+counts every image it evaluates, and remembers the first rule broken even if the attack catches
+the exception (``violation``) and the first fault of the system (``fault``).
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
 
-from arena.api import Defense, Params
+from arena.api import Budget, Defense, RuleViolation, SystemFault
 from arena.metrics import ssim
 
 ThreatModel = Literal["oblivious", "adaptive"]
@@ -23,29 +25,25 @@ THREAT_MODELS: tuple[str, ...] = ("oblivious", "adaptive")
 #: Relative and absolute slack when checking ||delta|| <= eps, for float rounding only.
 NORM_RTOL = 1e-5
 NORM_ATOL = 1e-6
+#: Slack on the [0, 1] range of what an attack feeds its target (float rounding only).
+RANGE_ATOL = 1e-6
+
+__all__ = ["Budget", "System", "Target", "QueryTarget", "TransferTarget", "make_target", "verify"]
 
 
-class Budget(Params):
-    """What an attack may spend: norm ball, iterations and model queries."""
-
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = Field(8 / 255, gt=0, le=64, description="radius, in [0,1] image units")
-    steps: int = Field(10, ge=1, le=100_000, description="iterations of iterative attacks")
-    queries: int = Field(1000, ge=1, le=10_000_000, description="query limit per image")
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _fraction(cls, v):
-        # "8/255" reads better in a config than 0.03137...
-        if isinstance(v, str):
+def _faults(what: str):
+    """Decorator: an exception inside the system becomes a SystemFault naming ``what``."""
+    def wrap(fn):
+        def inner(*args, **kwargs):
             try:
-                return float(Fraction(v.replace(" ", "")))
-            except (ValueError, ZeroDivisionError):
-                raise ValueError("eps must be a number or a fraction like '8/255'") from None
-        return v
-
-    def label(self) -> str:
-        return f"{self.norm} eps={self.eps:.4g}"
+                return fn(*args, **kwargs)
+            except (RuleViolation, SystemFault):
+                raise
+            except Exception as exc:
+                raise SystemFault(f"{what} raised {type(exc).__name__}: {exc}") from exc
+        inner.__name__, inner.__doc__ = fn.__name__, fn.__doc__
+        return inner
+    return wrap
 
 
 class System:
@@ -57,16 +55,22 @@ class System:
         self.code = code
         self.random = any(link.random for link in self.links)
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    @_faults("the restorer")
+    def restore(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The restorer's output; ``index`` names each row's image (for its PSF code)."""
         if getattr(self.model, "arena_channels_last", False):
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x) if self.code is None else self.model(x, self.code)
+        if self.code is None:
+            return self.model(x)
+        return self.model(x, self.code if index is None else self.code[index.to(self.code.device)])
 
+    @_faults("a defense link")
     def purify(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for link in self.links:
             x = link.purify(x, generator)
         return x
 
+    @_faults("a defense link")
     def purify_differentiable(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for link in self.links:
             if link.gradient == "exact":
@@ -94,86 +98,275 @@ def objective_loss(objective: str, out: torch.Tensor, ref: torch.Tensor) -> torc
     raise ValueError(f"unknown objective '{objective}' (allowed: mse, mse_clean, l1, ssim)")
 
 
-class Target:
-    """What an attack sees: a differentiable ``forward``/``loss``/``loss_grad`` and a counted
-    ``query`` that always goes through the full defended system."""
+class QueryTarget:
+    """The oracle of score-based and decision-free attacks: ``query`` and nothing that reaches
+    the model. With ``hq`` and ``budget`` given (as in every match) it is strict: the reference
+    is its own, rows are counted per image, and the budget is enforced; without them (unit
+    tests, training loops) it trusts its caller."""
 
-    def __init__(
-        self,
-        system: System,
-        threat: ThreatModel,
-        objective: str,
-        generator: torch.Generator,
-        eot: int = 1,
-        clean_out: torch.Tensor | None = None,
-    ):
-        self.system = system
+    kind = "score-based"
+    #: what only a white-box oracle offers; asking a narrower oracle for it breaks the rules
+    WHITE_BOX = frozenset({"forward", "loss", "loss_grad", "mean_loss", "reference", "clean_out",
+                           "system", "model", "surrogate"})
+
+    def __init__(self, system: System, threat: ThreatModel, objective: str,
+                 generator: torch.Generator, eot: int = 1, clean_out: torch.Tensor | None = None,
+                 *, hq: torch.Tensor | None = None, budget: Budget | None = None, rounds: int = 1):
+        self._system = system
         self.threat = threat
         self.objective = objective
         self.generator = generator
         self.eot = eot if (threat == "adaptive" and system.random) else 1
-        self.clean_out = clean_out
+        self._clean_out = clean_out
+        self._hq = hq
+        self._budget = budget
+        self._rounds = rounds
         self.device = next(iter(system.model.parameters()), torch.empty(0)).device
         self.queries: torch.Tensor | None = None
+        self.evaluations = 0  # rows through forward, each EOT draw counted
+        self.model_rows = 0  # rows this oracle passed to the restorer (checked by the worker)
         self.gradient_calls = 0
         self.trace: list[float] = []  # mean loss per gradient call: the convergence record
         self.start_grad: dict[str, float] | None = None
+        self.violation: str | None = None
+        self.fault: str | None = None
+        self.inside = False  # True while the oracle itself runs the system
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.threat == "adaptive":
-            x = self.system.purify_differentiable(x, self.generator)
-        return self.system.restore(x)
+    def __getattr__(self, name: str):
+        if name in QueryTarget.WHITE_BOX:
+            self._break(f"a {self.kind} attack may only query its target; it used '{name}'")
+        raise AttributeError(name)
 
-    def _reference(self, hq: torch.Tensor) -> torch.Tensor:
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    @property
+    def strict(self) -> bool:
+        return self._budget is not None
+
+    @property
+    def images(self) -> int:
+        return int(self._hq.shape[0]) if self._hq is not None else 0
+
+    def _break(self, why: str):
+        self.violation = self.violation or why
+        raise RuleViolation(self.violation)
+
+    def _run(self, fn: Callable, *args):
+        """Run the system for the attack: faults are remembered, so swallowing them is useless."""
+        if self.violation:
+            raise RuleViolation(self.violation)
+        self.inside = True
+        try:
+            return fn(*args)
+        except SystemFault as exc:
+            self.fault = self.fault or str(exc)
+            raise
+        finally:
+            self.inside = False
+
+    def _restore(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        self.model_rows += x.shape[0]
+        return self._system.restore(x, index)
+
+    def _rows(self, x: torch.Tensor, index, what: str) -> torch.Tensor | None:
+        """Check that each row of x names its image: one row per image, or ``index``."""
+        n = self.images or x.shape[0]
+        if index is None:
+            if x.shape[0] != n:
+                self._break(f"{what} got {x.shape[0]} rows for {n} images: pass index= naming "
+                            "each row's image (every row counts)")
+            return None
+        index = torch.as_tensor(index, dtype=torch.long).cpu().flatten()
+        if index.numel() != x.shape[0] or (index.numel() and (index.min() < 0 or index.max() >= n)):
+            self._break(f"{what} index must name one image in [0, {n}) per row")
+        return index
+
+    def _check_input(self, x: torch.Tensor, what: str) -> None:
+        if not self.strict:
+            return
+        h, w = self._hq.shape[-2:]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (3, h, w):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            self._break(f"{what} takes (rows, 3, {h}, {w}) images; got {shape}")
+        if not x.is_floating_point() or not torch.isfinite(x).all():
+            self._break(f"{what} was given non-finite or non-float values")
+        lo, hi = float(x.detach().min()), float(x.detach().max())
+        if lo < -RANGE_ATOL or hi > 1 + RANGE_ATOL:
+            self._break(f"{what} was given values outside [0, 1]")
+
+    def _ref(self, hq: torch.Tensor | None) -> torch.Tensor:
         if self.objective == "mse_clean":
-            if self.clean_out is None:
+            if self._clean_out is None:
                 raise ValueError("objective 'mse_clean' needs the clean output")
-            return self.clean_out
+            return self._clean_out
+        if self._hq is not None:
+            return self._hq
+        if hq is None:
+            raise ValueError("this target has no ground truth of its own: pass hq")
         return hq
 
-    def loss(self, x: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
-        return objective_loss(self.objective, self.forward(x), self._reference(hq))
+    def record(self, loss: torch.Tensor | float) -> None:
+        """Append a loss (per image, or its mean) to the convergence record."""
+        self.trace.append(float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss))
 
-    def loss_grad(self, x: torch.Tensor, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image loss at x and its gradient, averaged over EOT draws where the system is random."""
+    def queries_left(self) -> int:
+        limit = self._budget.queries if self._budget is not None else 2**62
+        return limit - (0 if self.queries is None else int(self.queries.max()))
+
+    # -- the oracle ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def query(self, x: torch.Tensor, hq: torch.Tensor | None = None,
+              index: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row loss of the full defended system, each row one query of its image."""
+        self._check_input(x, "query")
+        n = self.images or x.shape[0]
+        rows = self._rows(x, index, "query")
+        counted = torch.arange(n) if rows is None else rows
+        if self.queries is None:
+            self.queries = torch.zeros(n, dtype=torch.long)
+        self.queries += torch.bincount(counted, minlength=n)
+        if self.strict and int(self.queries.max()) > self._budget.queries:
+            self._break(f"{int(self.queries.max())} queries of one image exceed the limit of "
+                        f"{self._budget.queries}")
+        ref = self._ref(hq)
+        if rows is not None and (self.strict or hq is None):
+            ref = ref[rows.to(ref.device)]
+        out = self._run(lambda: self._restore(self._system.purify(x, self.generator), rows))
+        return objective_loss(self.objective, out, ref)
+
+
+class Target(QueryTarget):
+    """The oracle of white-box attacks: a differentiable, counted ``forward`` besides ``query``."""
+
+    kind = "white-box"
+
+    def __getattr__(self, name: str):
+        raise AttributeError(name)
+
+    @property
+    def clean_out(self) -> torch.Tensor | None:
+        return None if self._clean_out is None else self._clean_out.detach().clone()
+
+    def reference(self, hq: torch.Tensor | None = None) -> torch.Tensor:
+        return self._ref(hq).detach().clone()
+
+    def _limit(self) -> int | None:
+        if not self.strict:
+            return None
+        return self._budget.evaluation_limit(self.images, self._rounds, self.eot)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x, "forward")
+        rows = self._rows(x, index, "forward")
+        limit = self._limit()
+        if limit is not None and self.evaluations + x.shape[0] > limit:
+            self._break(f"the attack used more than its {limit} evaluations (images x (steps + 2) "
+                        f"x rounds {self._rounds} x EOT {self.eot})")
+        self.evaluations += x.shape[0]
+        if self.start_grad is None and x.requires_grad and torch.is_grad_enabled():
+            x.register_hook(self._record_start)
+
+        def run():
+            y = x
+            if self.threat == "adaptive":
+                y = self._system.purify_differentiable(y, self.generator)
+            return self._restore(y, rows)
+        return self._run(run)
+
+    def _record_start(self, grad: torch.Tensor) -> None:
+        if self.start_grad is None:
+            self.start_grad = {"finite": bool(torch.isfinite(grad).all()),
+                               "abs_mean": float(grad.abs().mean())}
+
+    def loss(self, x: torch.Tensor, hq: torch.Tensor | None = None) -> torch.Tensor:
+        return objective_loss(self.objective, self.forward(x), self._ref(hq))
+
+    def mean_loss(self, x: torch.Tensor, hq: torch.Tensor | None = None) -> torch.Tensor:
+        """The objective at x without gradient, averaged over as many draws as ``loss_grad``."""
+        with torch.no_grad():
+            return sum(self.loss(x, hq) for _ in range(self.eot)) / self.eot
+
+    def loss_grad(self, x: torch.Tensor, hq: torch.Tensor | None = None,
+                  steer: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image loss at x and its gradient, averaged over EOT draws where the system is
+        random. ``steer(out, ref) -> (rank, drive)``: climb ``drive``, report ``rank``."""
         x = x.detach().requires_grad_(True)
+        ref = self._ref(hq)
         loss_sum = torch.zeros(x.shape[0], device=x.device)
         grad_sum = torch.zeros_like(x)
         for _ in range(self.eot):
-            loss = self.loss(x, hq)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-            loss_sum += loss.detach()
+            out = self.forward(x)
+            rank, drive = steer(out, ref) if steer else (objective_loss(self.objective, out, ref),) * 2
+            try:
+                (grad,) = torch.autograd.grad(drive.sum(), x)
+            except RuntimeError as exc:  # a backward that raises is the system's fault
+                self.fault = self.fault or f"the backward pass raised {type(exc).__name__}: {exc}"
+                raise SystemFault(self.fault) from exc
+            loss_sum += rank.detach()
             grad_sum += grad
         loss, grad = loss_sum / self.eot, grad_sum / self.eot
-        if self.start_grad is None:
-            self.start_grad = {
-                "finite": bool(torch.isfinite(grad).all()),
-                "abs_mean": float(grad.abs().mean()),
-            }
         self.gradient_calls += 1
-        self.trace.append(float(loss.mean()))
+        self.record(loss)
         return loss, grad
 
-    @torch.no_grad()
-    def query(self, x: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
-        """Per-image loss of the full defended system, counted against the query budget."""
-        if self.queries is None:
-            self.queries = torch.zeros(x.shape[0], dtype=torch.long)
-        self.queries += 1
-        out = self.system.restore(self.system.purify(x, self.generator))
-        return objective_loss(self.objective, out, self._reference(hq))
+
+class TransferTarget(QueryTarget):
+    """The oracle of transfer attacks: queries of the defended system, and white-box
+    surrogates (undefended zoo restorers) to craft on."""
+
+    kind = "transfer"
+
+    def __init__(self, *args, surrogates: Callable[[str, dict | None], System] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._surrogates = surrogates
+        self.made: list[Target] = []
+
+    def surrogate(self, name: str, params: dict[str, Any] | None = None) -> Target:
+        if self._surrogates is None:
+            raise RuntimeError("this target has no surrogate restorers")
+        system = self._surrogates(name, params)
+        clean = None
+        if self.objective == "mse_clean":  # on the surrogate: away from its own clean output
+            with torch.no_grad():
+                clean = system.restore(self._clean_lq).clamp(0, 1)
+        proxy = Target(system, "oblivious", self.objective, self.generator, clean_out=clean,
+                       hq=self._hq, budget=self._budget, rounds=self._rounds)
+        self.made.append(proxy)
+        return proxy
+
+    _clean_lq: torch.Tensor | None = None
+
+
+def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
+                generator: torch.Generator, *, eot: int, clean_out: torch.Tensor | None,
+                hq: torch.Tensor, lq: torch.Tensor, budget: Budget, rounds: int,
+                surrogates: Callable | None = None) -> QueryTarget:
+    """The oracle an attack of ``kind`` gets for one match (strict: own reference, budget)."""
+    common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds)
+    if kind == "white-box":
+        return Target(system, threat, objective, generator, **common)
+    if kind == "transfer":
+        t = TransferTarget(system, threat, objective, generator, surrogates=surrogates, **common)
+        t._clean_lq = lq
+        return t
+    t = QueryTarget(system, threat, objective, generator, **common)
+    t.kind = kind
+    return t
 
 
 def verify(x_adv: torch.Tensor, lq: torch.Tensor, budget: Budget, queries: torch.Tensor | None) -> str | None:
     """The arena's own check of an adversarial batch. Returns why it breaks the rules, or None."""
+    if not isinstance(x_adv, torch.Tensor):
+        return f"the attack returned {type(x_adv).__name__}, not a tensor"
     if x_adv.shape != lq.shape:
         return f"adversarial batch has shape {tuple(x_adv.shape)}, expected {tuple(lq.shape)}"
-    if not torch.isfinite(x_adv).all():
+    if not x_adv.is_floating_point() or not torch.isfinite(x_adv).all():
         return "adversarial batch has non-finite values"
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < 0.0 or hi > 1.0:
         return f"adversarial batch leaves [0, 1] (min {lo:.4g}, max {hi:.4g})"
-    delta = (x_adv - lq).flatten(1)
+    delta = (x_adv.float() - lq).flatten(1)
     norms = delta.abs().amax(1) if budget.norm == "linf" else delta.norm(dim=1)
     limit = budget.eps * (1 + NORM_RTOL) + NORM_ATOL
     worst = float(norms.max())

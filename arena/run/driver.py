@@ -68,16 +68,7 @@ def summarise_plan(matches: list[Match]) -> str:
     return "\n".join(lines)
 
 
-def _versions(registry: Registry, match: Match) -> dict[str, str]:
-    out = {}
-    for role, spec in [("restorer", match.restorer), ("attack", match.attack),
-                       *(("defense", d) for d in match.defense)]:
-        e = registry.get(role, spec.name)
-        out[f"{role}:{spec.name}"] = f"{e.package} {e.version}".strip()
-    return out
-
-
-def match_row(match: Match, result: dict[str, Any], registry: Registry, version: str) -> dict[str, Any]:
+def match_row(match: Match, result: dict[str, Any], version: str) -> dict[str, Any]:
     timings = result.get("timings") or {}
     return {
         "key": match.key, "restorer": match.restorer.name, "defense": match.defense_label,
@@ -86,13 +77,16 @@ def match_row(match: Match, result: dict[str, Any], registry: Registry, version:
         "queries_limit": match.budget.queries, "eot": match.eot, "seed": match.seed,
         "spec": match.model_dump(mode="json"), "status": result["status"],
         "reason": result.get("reason"), "error": result.get("error"), "device": result.get("device"),
-        "code_version": version, "versions": _versions(registry, match),
+        "code_version": version, "versions": match.versions,
         "time_clean_s": timings.get("clean"), "time_attack_s": timings.get("attack"),
         "time_total_s": timings.get("total"), "defense_ms_per_mp": result.get("defense_ms_per_mp"),
         "peak_mem_mb": result.get("peak_mem_mb"), "gradient_calls": result.get("gradient_calls"),
         "trace": result.get("trace"), "start_grad": result.get("start_grad"),
         "attempts": result.get("attempts", 1), "node": result.get("node"),
         "started_at": result.get("started_at"), "finished_at": result.get("finished_at"),
+        "blame": result.get("blame"), "verified": False, "eot_used": result.get("eot_used"),
+        "evaluations": result.get("evaluations"), "evaluation_limit": result.get("evaluation_limit"),
+        "probes": result.get("probes"),
     }
 
 
@@ -135,17 +129,19 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     for m in pending:
         if m.status == "skipped":
             write.write_result(engine, tid, match_row(m, {"status": "skipped", "reason": m.reason},
-                                                      registry, version), [])
+                                                      version), [])
             report.counts["skipped"] += 1
         else:
             todo.append(m)
     pending_keys = {m.key for m in pending}
-    resumed = [m.key for m in matches if m.key not in pending_keys]
-    report.resumed = len(resumed)
-    write.link_matches(engine, tid, resumed)
-    if not todo:
+    report.resumed = sum(m.key not in pending_keys for m in matches)
+    write.relink(engine, tid, [m.key for m in matches])  # older code's rows leave this leaderboard
+    to_verify = write.unverified(engine, tid)
+    if not todo and not to_verify:
         refresh_flags(engine, registry)
         return report
+    if ex is None:
+        ex = _executor(executor, t, address, device, registry)
 
     root = results_dir(db).resolve()  # absolute, so the dashboard finds samples from any cwd
     bar = tqdm(total=len(todo), desc="matches", unit="match", disable=not progress, dynamic_ncols=True)
@@ -158,8 +154,8 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     def on_result(m: Match, result: dict[str, Any]) -> None:
         running.discard(m.key)
         samples = save_samples(root, m, result) if result["status"] == "done" else []
-        write.write_result(engine, tid, match_row(m, result, registry, version),
-                           result.get("scores") or [], samples)
+        write.write_result(engine, tid, match_row(m, result, version),
+                           result.get("scores") or [], samples, adv=result.get("adv"))
         report.counts[result["status"]] += 1
         if result["status"] == "failed" and progress:
             tqdm.write(f"failed: {m.label()}: {result.get('reason')}")
@@ -167,13 +163,82 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         bar.set_postfix(_postfix(report.counts, len(running)), refresh=True)
 
     try:
-        hardened = ex.harden(hardening_jobs(todo, registry))
+        by_key = {m.key: m for m in matches}
+        verify_later = [by_key[r["key"]] for r in to_verify if r["key"] in by_key]
+        hardened = ex.harden(hardening_jobs(todo + verify_later, registry))
         ex.run(todo, data, hardened, on_result, on_start)
+        bar.close()
+        report.counts.update(rescore_tournament(engine, tid, ex, registry, hardened, t))
     finally:
         bar.close()
         ex.close()
         refresh_flags(engine, registry)
     return report
+
+
+def rescore_tournament(engine, tid: int, ex, registry: Registry, hardened: dict[str, str],
+                       t: Tournament) -> Counter:
+    """The score that counts: every finished match's stored adversarial batch is scored again by
+    freshly built systems in one fresh process. A system whose fresh scores differ
+    from the warm worker's by more than STATEFUL_TOLERANCE_DB is disqualified as stateful."""
+    from arena.match import STATEFUL_TOLERANCE_DB, warm_gap
+
+    rows = [r for r in write.unverified(engine, tid) if r["adv"] is not None]
+    systems: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        r["match"] = Match(**r["spec"])
+        systems.setdefault(_system_key(r["match"]), []).append(r)
+    rows = [r for members in systems.values() for r in members]
+    counts: Counter = Counter()
+    if not systems:
+        return counts
+    job = {"classes": _classes(registry, [r["match"] for r in rows]),
+           "data": rows[0]["match"].data.model_dump(mode="json"),
+           "systems": [_rescore_system(members, registry, hardened) for members in systems.values()]}
+    for members, fresh in zip(systems.values(), ex.rescore(job)):
+        ids = [r["id"] for r in members]
+        if fresh.get("fault") or any(v is None for v in (*fresh["adv"].values(), *fresh["clean"].values())):
+            write.set_judgement(engine, ids, "failed", "system", f"fresh re-scoring: {fresh['fault']}")
+            counts["failed on re-scoring"] += len(ids)
+            continue
+        gaps = {r["id"]: warm_gap(r["scores"], fresh["adv"][r["key"]], fresh["clean"][r["seed"]])
+                for r in members}
+        worst = max(gaps, key=gaps.get)
+        if gaps[worst] > STATEFUL_TOLERANCE_DB:
+            label = next(r["match"].label() for r in members if r["id"] == worst)
+            write.set_judgement(engine, ids, "disqualified", "system",
+                                f"stateful: a fresh system in a fresh process scores {label} "
+                                f"{gaps[worst]:.3g} dB differently from the warm worker (tolerance "
+                                f"{STATEFUL_TOLERANCE_DB} dB)", gap=gaps[worst])
+            counts["disqualified on re-scoring"] += len(ids)
+            continue
+        for r in members:
+            a, c = fresh["adv"][r["key"]], fresh["clean"][r["seed"]]
+            values = [{"adv_psnr": a["psnr"][i], "adv_ssim": a["ssim"][i],
+                       "clean_psnr": c["psnr"][i], "clean_ssim": c["ssim"][i]} for i in range(len(r["scores"]))]
+            write.set_verified(engine, r["id"], values, gaps[r["id"]])
+    return counts
+
+
+def _system_key(m: Match) -> tuple:
+    return (m.restorer.model_dump_json(), tuple(d.model_dump_json() for d in m.defense), m.data.model_dump_json())
+
+
+def _classes(registry: Registry, matches: list[Match]) -> dict[tuple[str, str], type]:
+    out = {}
+    for m in matches:
+        out[("restorer", m.restorer.name)] = registry.get("restorer", m.restorer.name).cls
+        out |= {("defense", d.name): registry.get("defense", d.name).cls for d in m.defense}
+    return out
+
+
+def _rescore_system(members: list[dict[str, Any]], registry: Registry, hardened: dict[str, str]) -> dict[str, Any]:
+    m = members[0]["match"]
+    link = hardening_link(m, registry)
+    return {"restorer": m.restorer.model_dump(mode="json"),
+            "defense": [d.model_dump(mode="json") for d in m.defense],
+            "weights": hardened[hardened_key(m.restorer, link, m, registry)] if link is not None else None,
+            "entries": [{"key": r["key"], "seed": r["seed"], "adv": r["adv"]} for r in members]}
 
 
 def refresh_flags(engine, registry: Registry) -> None:

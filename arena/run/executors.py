@@ -5,8 +5,12 @@ Both hand results to ``on_result`` in completion order; only the driver writes t
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import time
 from collections import defaultdict, deque
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,20 +24,70 @@ class ExecutorError(RuntimeError):
     """The executor cannot run this tournament as configured."""
 
 
-def failed(match: Match, reason: str, attempts: int = 1) -> dict[str, Any]:
-    return {"key": match.key, "status": "failed", "reason": reason, "error": reason,
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain(text: str) -> str:
+    """Text without terminal colour codes (Ray colours its error messages)."""
+    return ANSI.sub("", text)
+
+
+def failed(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
+    """A match that failed for a reason outside any plugin's code path we could attribute:
+    the worker died, timed out, or could not start (``blame`` infra)."""
+    return {"key": match.key, "status": "failed", "reason": plain(reason), "blame": "infra",
+            "error": plain(error or reason),
             "scores": [], "samples": [], "timings": {}, "trace": [], "start_grad": None,
             "gradient_calls": 0, "peak_mem_mb": None, "device": None,
             "defense_ms_per_mp": None, "attempts": attempts}
 
 
+def _all_fail(job: dict[str, Any], why: str) -> list[dict[str, Any]]:
+    return [{"adv": {}, "clean": {}, "fault": why} for _ in job["systems"]]
+
+
+def rescore_in_subprocess(job: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+    """Re-score one system in a new Python interpreter (not a fork: nothing of this process's
+    memory comes along), with this process's import path so in-process plugins are found."""
+    import pickle
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    try:
+        done = subprocess.run([sys.executable, "-m", "arena.run.rescore_child"], input=cloudpickle.dumps(job),
+                              capture_output=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return _all_fail(job, f"re-scoring timed out after {timeout_s:g} s")
+    if done.returncode != 0:
+        tail = plain(done.stderr.decode(errors="replace")).strip().splitlines()[-1:] or ["no output"]
+        return _all_fail(job, f"re-scoring process failed: {tail[0]}")
+    return pickle.loads(done.stdout)
+
+
+def rescore_payload(job: bytes) -> list[dict[str, Any]]:
+    """Run in a fresh process: ``job`` arrives cloudpickled so that plugin classes defined in
+    the driver (tests, notebooks) travel by value."""
+    import cloudpickle
+
+    from arena.run.worker import rescore_systems
+
+    return rescore_systems(cloudpickle.loads(job))
+
+
 class LocalExecutor:
-    """Runs matches one after another in this process (timeouts are not enforced here)."""
+    """Runs matches one after another in this process; ``timeout_s`` is enforced with an alarm
+    (main thread only), and re-scoring runs in a fresh spawned process per system."""
 
     name = "local"
 
     def __init__(self, t: Tournament, device: str | None = None, registry=None):
         self.t, self.device, self.registry = t, device, registry
+
+    def rescore(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        return rescore_in_subprocess(dict(job, device=self.device), self.t.timeout_s)
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
@@ -44,12 +98,19 @@ class LocalExecutor:
             on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:
         from arena.run.worker import Worker
 
+        from arena.timeout import Timeout, deadline
+
         worker = Worker(data, hardened, device=self.device, samples=self.t.samples_per_match,
                         registry=self.registry)
         for match in matches:
             if on_start:
                 on_start(match)
-            on_result(match, dict(worker.run(match), attempts=1))
+            try:
+                with deadline(self.t.timeout_s, "match"):
+                    result = dict(worker.run(match), attempts=1)
+            except Timeout as exc:
+                result = failed(match, str(exc))
+            on_result(match, result)
 
     def close(self) -> None:
         pass
@@ -71,8 +132,9 @@ class RayExecutor:
         self.t, self.ray = t, ray
         self._owns_ray = not ray.is_initialized()  # leave a cluster we joined as we found it
         if self._owns_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+            with neutral_cwd():
+                ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                         configure_logging=False)
         self._check_resources()
 
     def _check_resources(self) -> None:
@@ -96,6 +158,17 @@ class RayExecutor:
         if self.t.workers:
             n = min(n, self.t.workers) if n else self.t.workers
         return max(1, min(n, n_matches))
+
+    def rescore(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        import cloudpickle
+
+        # max_calls=1: the re-scoring gets a worker process of its own, which exits after it
+        task = self.ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus, max_calls=1,
+                               max_retries=self.t.max_retries)(rescore_payload)
+        try:
+            return self.ray.get(task.remote(cloudpickle.dumps(job)), timeout=self.t.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a broken re-scoring fails every system in it
+            return _all_fail(job, plain(f"re-scoring failed: {type(exc).__name__}: {_first_line(exc)}"))
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
@@ -158,11 +231,11 @@ class RayExecutor:
                         result = dict(ray.get(ref), attempts=1)
                     except ray.exceptions.RayActorError as exc:
                         result = failed(m, f"worker died {self.t.max_retries + 1} time(s): "
-                                           f"{str(exc).splitlines()[0]}", self.t.max_retries + 1)
+                                           f"{_first_line(exc)}", self.t.max_retries + 1, error=str(exc))
                         actors[i] = self._actor(data_ref, hardened)
                         last_group[i] = None
                     except ray.exceptions.RayError as exc:
-                        result = failed(m, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                        result = failed(m, f"{type(exc).__name__}: {_first_line(exc)}", error=str(exc))
                     on_result(m, result)
                     submit(i)
                 now = time.monotonic()
@@ -185,3 +258,25 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line of a Ray error that says what went wrong (the exception, not Ray's preamble)."""
+    lines = [plain(x).strip() for x in str(exc).splitlines() if x.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line):
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def neutral_cwd():
+    """Ray puts the driver's working folder on every worker's sys.path; start it from an empty
+    folder so that a checkout or stray module where `arena run` was typed is never imported."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="arena-ray-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)

@@ -6,6 +6,7 @@ data and rebuilds components by name from its own plugin registry.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import traceback
@@ -14,9 +15,9 @@ from typing import Any
 
 import torch
 
-from arena.api import ConfigError
-from arena.data import UDCData
-from arena.match import Clean, Outcome, clean_pass, evaluate
+from arena.api import ConfigError, SystemFault
+from arena.data import UDCData, data_hash
+from arena.match import Clean, Outcome, Watch, clean_pass, evaluate, probe, rescore
 from arena.plan import Match, Spec
 from arena.plugins import load_registry
 from arena.threat import System
@@ -47,7 +48,12 @@ class Worker:
         self.hardened = hardened or {}
         self.samples = samples
         self._models: dict[tuple[str, str | None], torch.nn.Module] = {}
+        self._pristine: dict[int, dict[str, torch.Tensor]] = {}  # id(model) -> its weights
         self._clean: dict[tuple, Clean] = {}
+        self._probes: dict[tuple, dict[str, Any]] = {}
+        self._data_hash = data.hash
+        self._data_copy = [t.clone() if t is not None else None for t in (data.lq, data.hq, data.psf, data.code)]
+        self.watch = Watch()
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -58,8 +64,14 @@ class Worker:
         key = (spec_id(spec), weights)
         if key not in self._models:
             restorer = self.registry.create("restorer", spec.name, spec.params)
-            self._models[key] = restorer.load(self.device, weights=weights)
+            model = restorer.load(self.device, weights=weights)
+            self._pristine[id(model)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.watch.watch(model)
+            self._models[key] = model
         return self._models[key]
+
+    def _links(self, match: Match) -> list:
+        return [self.registry.create("defense", s.name, s.params) for s in match.defense]
 
     def system(self, match: Match) -> System:
         link = hardening_link(match, self.registry)
@@ -67,16 +79,16 @@ class Worker:
         if link is not None:
             weights = self.hardened[hardened_key(match.restorer, link, match, self.registry)]
         model = self.model(match.restorer, weights)
-        links = [self.registry.create("defense", s.name, s.params) for s in match.defense]
-        needs_psf = self.registry.get("restorer", match.restorer.name).cls.needs_psf
-        code = self.data.code.to(self.device) if needs_psf else None
-        return System(model, links, code)
+        return System(model, self._links(match), self._code(match.restorer.name))
+
+    def _code(self, restorer: str):
+        needs_psf = self.registry.get("restorer", restorer).cls.needs_psf
+        return self.data.code.to(self.device) if needs_psf else None
 
     def surrogate(self, name: str, params: dict | None = None) -> System:
         """An undefended restorer from the zoo, for transfer attacks."""
         spec = Spec(name=name, params=self.registry.get("restorer", name).cls.validate(params or {}).model_dump(mode="json"))
-        needs_psf = self.registry.get("restorer", name).cls.needs_psf
-        return System(self.model(spec), [], self.data.code.to(self.device) if needs_psf else None)
+        return System(self.model(spec), [], self._code(name))
 
     @staticmethod
     def _clean_key(match: Match) -> tuple:
@@ -89,6 +101,34 @@ class Worker:
                                           self.data.hq.to(self.device), match.seed)
         return self._clean[key]
 
+    def probes(self, match: Match, system: System) -> dict[str, Any]:
+        """The system's declarations, probed once per worker before its first match."""
+        key = self._clean_key(match)[:2]
+        if key not in self._probes:
+            seed = int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16)  # unseen per system
+            fresh = lambda: System(system.model, self._links(match), system.code)  # noqa: E731
+            self._probes[key] = probe(system, fresh, self.data.lq.to(self.device), seed)
+        return self._probes[key]
+
+    def integrity(self) -> str | None:
+        """What a component changed that it was never given: the data, or a model's weights.
+        Whatever it was is put back, so no other match sees the damage."""
+        problem = None
+        if data_hash(self.data.lq, self.data.hq, self.data.psf, self.data.code) != self._data_hash:
+            problem = "modified the arena's own copy of the images"
+            for t, copy in zip((self.data.lq, self.data.hq, self.data.psf, self.data.code), self._data_copy):
+                if t is not None:
+                    t.data.copy_(copy)
+            self._clean.clear()
+        for model in self._models.values():
+            pristine = self._pristine[id(model)]
+            state = model.state_dict()
+            if any(not torch.equal(state[k], v) for k, v in pristine.items()):
+                problem = problem or "modified the restorer's weights"
+                model.load_state_dict(pristine)
+                self._clean.clear()
+        return problem
+
     def run(self, match: Match | dict[str, Any]) -> dict[str, Any]:
         """Evaluate one match; never raises for a plugin's fault, returns a failed outcome."""
         if isinstance(match, dict):
@@ -96,20 +136,63 @@ class Worker:
         started = time.time()
         t0 = time.perf_counter()
         try:
-            system = self.system(match)
-            clean = self.clean(match, system)
-            attack = self.registry.create("attack", match.attack.name, match.attack.params)
-            outcome = evaluate(match, system, attack, self.data, clean, self.samples, self.surrogate)
+            outcome = self._run(match)
         except Exception as exc:
-            outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
+            blame = "system" if isinstance(exc, SystemFault) else None
+            outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}", blame=blame,
+                              error=traceback.format_exc())
         outcome.timings["total"] = time.perf_counter() - t0
         return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
                 "defense_ms_per_mp": self._clean_cost(match), "started_at": started,
                 "finished_at": time.time()}
 
+    def _run(self, match: Match) -> Outcome:
+        system = self.system(match)
+        checks = self.probes(match, system)
+        if checks.get("violation"):
+            return Outcome("disqualified", reason=checks["violation"], blame="system", probes=checks)
+        clean = self.clean(match, system)
+        problem = self.integrity()
+        if problem:
+            return Outcome("disqualified", reason=f"the system {problem}", blame="system", probes=checks)
+        attack = self.registry.create("attack", match.attack.name, match.attack.params)
+        outcome = evaluate(match, system, attack, self.data, clean, samples=self.samples,
+                           surrogates=self.surrogate, watch=self.watch,
+                           models={id(m): m for m in self._models.values()}, integrity=self.integrity)
+        outcome.probes = checks
+        return outcome
+
     def _clean_cost(self, match: Match) -> float | None:
         c = self._clean.get(self._clean_key(match))
         return c.defense_ms_per_mp if c else None
+
+
+def rescore_systems(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Re-score stored adversarial batches in this (fresh) process.
+
+    ``job``: ``classes`` ({(role, name): class}, so in-process plugins travel too), ``data`` (a
+    DataSpec dict), ``device``, and ``systems``: each with ``restorer`` and ``defense`` specs
+    (plain dicts), ``weights`` (hardened file or None) and ``entries`` (key, seed, adv)."""
+    from arena.data import load_data
+    from arena.plan import DataSpec
+
+    classes = job["classes"]
+    device = torch.device(job.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spec = DataSpec(**job["data"])
+    data = load_data(spec.name, spec.split, root=spec.root, images=spec.images, size=spec.size, seed=spec.seed)
+
+    def builder(s: dict[str, Any]):
+        rcls = classes[("restorer", s["restorer"]["name"])]
+        code = data.code.to(device) if rcls.needs_psf else None
+
+        def build() -> System:  # everything new: weights from disk, links from their specs
+            model = rcls(rcls.validate(s["restorer"]["params"])).load(device, weights=s["weights"])
+            links = [classes[("defense", d["name"])](classes[("defense", d["name"])].validate(d["params"]))
+                     for d in s["defense"]]
+            return System(model, links, code)
+        return build
+
+    return rescore([(builder(s), s["entries"]) for s in job["systems"]], data, device)
 
 
 def ray_node() -> str | None:
@@ -124,7 +207,6 @@ def ray_node() -> str | None:
 def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
     """Content key of a hardened restorer: what it was built from (including the versions of
     the plugins that built it), not which match asked."""
-    import hashlib
     import json
 
     from arena.weights import sha256_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -72,7 +73,7 @@ def link_matches(engine: Engine, tournament_id: int, keys: list[str]) -> None:
 
 
 def write_result(engine: Engine, tournament_id: int, match_row: dict[str, Any],
-                 scores: list[dict[str, Any]], samples: list[dict[str, Any]] = ()) -> int:
+                 scores: list[dict[str, Any]], samples: list[dict[str, Any]] = (), adv=None) -> int:
     """Store one match with its scores and samples in a single transaction.
 
     A stored row with the same key is replaced only if it was a failure being retried; a
@@ -88,6 +89,7 @@ def write_result(engine: Engine, tournament_id: int, match_row: dict[str, Any],
             conn.execute(delete(m.tournament_matches).where(m.tournament_matches.c.match_id == old.id))
             conn.execute(delete(m.scores).where(m.scores.c.match_id == old.id))
             conn.execute(delete(m.samples).where(m.samples.c.match_id == old.id))
+            conn.execute(delete(m.adversarial).where(m.adversarial.c.match_id == old.id))
             conn.execute(delete(m.matches).where(m.matches.c.id == old.id))
         match_id = conn.execute(
             m.matches.insert().values(tournament_id=tournament_id, created_at=_now(), **match_row)
@@ -96,5 +98,82 @@ def write_result(engine: Engine, tournament_id: int, match_row: dict[str, Any],
             conn.execute(m.scores.insert(), [dict(s, match_id=match_id) for s in scores])
         if samples:
             conn.execute(m.samples.insert(), [dict(s, match_id=match_id) for s in samples])
+        if adv is not None:
+            conn.execute(m.adversarial.insert().values(match_id=match_id, **_pack(adv)))
         conn.execute(m.tournament_matches.insert().values(tournament_id=tournament_id, match_id=match_id))
     return match_id
+
+
+def _pack(adv) -> dict[str, Any]:
+    import numpy as np
+
+    raw = np.ascontiguousarray(adv, dtype=np.float32).tobytes()
+    return {"shape": list(adv.shape), "sha256": hashlib.sha256(raw).hexdigest(), "data": zlib.compress(raw, 1)}
+
+
+def unpack(row: dict[str, Any]):
+    """The stored adversarial batch as a float32 array, checked against its hash."""
+    import numpy as np
+
+    raw = zlib.decompress(row["data"])
+    if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+        raise ValueError("stored adversarial batch does not match its hash")
+    return np.frombuffer(raw, dtype=np.float32).reshape(row["shape"]).copy()
+
+
+def unverified(engine: Engine, tournament_id: int) -> list[dict[str, Any]]:
+    """The tournament's done matches whose scores no fresh system has recomputed yet, with
+    their per-image scores and stored adversarial batch."""
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(
+            select(m.matches.c.id, m.matches.c.key, m.matches.c.spec, m.matches.c.seed)
+            .join(m.tournament_matches, m.tournament_matches.c.match_id == m.matches.c.id)
+            .where(m.tournament_matches.c.tournament_id == tournament_id,
+                   m.matches.c.status == "done", m.matches.c.verified.is_not(True)))]
+        for r in rows:
+            r["scores"] = [dict(s._mapping) for s in conn.execute(
+                select(m.scores).where(m.scores.c.match_id == r["id"]).order_by(m.scores.c.id))]
+            adv = conn.execute(select(m.adversarial).where(m.adversarial.c.match_id == r["id"])).first()
+            r["adv"] = unpack(dict(adv._mapping)) if adv is not None else None
+    return rows
+
+
+def set_verified(engine: Engine, match_id: int, fresh: list[dict[str, float]], gap: float) -> None:
+    """The fresh system's scores become the ones that count."""
+    with engine.begin() as conn:
+        ids = conn.execute(select(m.scores.c.id).where(m.scores.c.match_id == match_id)
+                           .order_by(m.scores.c.id)).scalars().all()
+        for sid, values in zip(ids, fresh):
+            conn.execute(m.scores.update().where(m.scores.c.id == sid).values(**values))
+        conn.execute(m.matches.update().where(m.matches.c.id == match_id)
+                     .values(verified=True, warm_gap_db=gap))
+
+
+def set_judgement(engine: Engine, match_ids: list[int], status: str, blame: str, reason: str,
+                  gap: float | None = None) -> None:
+    """Overrule finished matches (a stateful system, a fault seen on re-scoring): their scores
+    stay stored for inspection but no longer count."""
+    with engine.begin() as conn:
+        values = {"status": status, "blame": blame, "reason": reason, "verified": False}
+        if gap is not None:
+            values["warm_gap_db"] = gap
+        conn.execute(m.matches.update().where(m.matches.c.id.in_(match_ids)).values(**values))
+
+
+def relink(engine: Engine, tournament_id: int, keys: list[str]) -> None:
+    """Make the tournament's matches exactly ``keys``: rows of older code or configs stay in the
+    database but leave this tournament's leaderboard."""
+    with engine.begin() as conn:
+        ids = set()
+        for i in range(0, len(keys), 500):
+            ids |= set(conn.execute(select(m.matches.c.id).where(m.matches.c.key.in_(keys[i:i + 500]))).scalars())
+        have = set(conn.execute(select(m.tournament_matches.c.match_id)
+                                .where(m.tournament_matches.c.tournament_id == tournament_id)).scalars())
+        stale = have - ids
+        if stale:
+            conn.execute(delete(m.tournament_matches).where(
+                m.tournament_matches.c.tournament_id == tournament_id,
+                m.tournament_matches.c.match_id.in_(list(stale))))
+        new = [{"tournament_id": tournament_id, "match_id": i} for i in ids - have]
+        if new:
+            conn.execute(m.tournament_matches.insert(), new)
