@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -40,33 +41,105 @@ class ArenaGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+class _OncePerCommand(logging.Handler):
+    """Prints each plugin warning as one line on stderr, once, however often the registry loads."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            click.echo(f"warning: {message}", err=True)
+
+
+_PLUGIN_WARNINGS = _OncePerCommand()
+
+
+def _plugin_warnings_to_stderr() -> None:
+    _PLUGIN_WARNINGS.seen.clear()  # a new command (CliRunner reuses the process) warns again
+    logger = logging.getLogger("arena.plugins")
+    if _PLUGIN_WARNINGS not in logger.handlers:
+        logger.addHandler(_PLUGIN_WARNINGS)
+
+
 @click.group(cls=ArenaGroup)
 @click.version_option(package_name="udc-arena")
-def main():
+@click.option("--strict", is_flag=True,
+              help="A plugin that fails to import or register is an error, not a warning.")
+def main(strict):
     """udc-arena: UDC restorers, adversarial attacks and defenses in one tournament."""
+    from arena import plugins
+
+    plugins.STRICT = strict  # set on every command, so no run inherits an earlier one's flag
+    _plugin_warnings_to_stderr()
 
 
 LEADERBOARD_COLUMNS = ["rank", "restorer", "defense", "clean_psnr", "clean_ssim", "robust_psnr",
-                       "robust_ssim", "drop_psnr", "worst_attack", "n_images", "flags"]
+                       "robust_ssim", "drop_psnr", "worst_attack", "n_images", "counts", "flags"]
+# not ranked: the unverified block keeps its numbers, the unranked one (incomplete) shows none
+UNVERIFIED_COLUMNS = ["restorer", "defense", "clean_psnr", "robust_psnr", "robust_ssim", "worst_attack",
+                      "counts", "flags", "why"]
+UNRANKED_COLUMNS = ["restorer", "defense", "counts", "why"]
+#: every key of `arena leaderboard --format json|csv`, in order (README.md, "Leaderboard JSON")
+LEADERBOARD_KEYS = ["threat", "norm", "eps", "restorer", "defense", "rank", "status", "why",
+                    "clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "drop_psnr", "drop_ssim",
+                    "worst_attack", "n_images", "n_attacks", "n_seeds", "robust_psnr_seed_mean",
+                    "robust_psnr_seed_std", "planned", "done", "pending", "failed", "disqualified",
+                    "skipped", "attack_blamed", "defense_ms_per_mp", "peak_mem_mb", "flags"]
+FORMAT = click.Choice(["table", "json", "csv"])
 
 
-def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | None = None) -> None:
+def _counts(r: dict) -> str:
+    """"5/6 done, 1 failed": done (and verified) out of the non-skipped planned matches."""
+    parts = [f"{r['done']}/{r['planned'] - r['skipped']} done"]
+    return ", ".join(parts + [f"{r[k]} {k}" for k in ("pending", "failed", "disqualified", "skipped") if r[k]])
+
+
+def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | None = None,
+                      fmt: str = "table") -> None:
+    import csv
+    import io
+
     from arena.store import queries
     from arena.store.db import open_reader
 
     engine = open_reader(db)
-    rows = queries.leaderboard(engine, tournament_id, threat)
+    rows = [{k: r.get(k) for k in LEADERBOARD_KEYS} for r in queries.leaderboard(engine, tournament_id, threat)]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, LEADERBOARD_KEYS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+        return
     if not rows:
-        click.echo("no scored matches yet")
+        click.echo("no matches stored yet")
         return
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["threat"], r["norm"], r["eps"]), []).append(r)
-    for r in rows:  # the terminal gets flag names; reasons are on the dashboard
+        r["counts"] = _counts(r)
+        # the terminal gets flag names; reasons are on the dashboard
         r["flags"] = ", ".join(sorted({f.split(":")[0] for f in r["flags"].split("; ") if f}))
     for (threat_, norm, eps), members in groups.items():
         click.echo(f"\n== {threat_} | {norm} eps={eps:.4g} ({eps * 255:.3g}/255) ==")
-        click.echo(queries.format_table(members, LEADERBOARD_COLUMNS))
+        ranked = [r for r in members if r["status"] == "ranked"]
+        click.echo(queries.format_table(ranked, LEADERBOARD_COLUMNS) if ranked else "(no ranked system)")
+        for status, title, columns in (
+                ("unverified", "unverified: masked gradients, not ranked until a gradient-free attack has run",
+                 UNVERIFIED_COLUMNS),
+                ("unranked", "unranked (incomplete): a match failed, not blamed on the attack, or is pending",
+                 UNRANKED_COLUMNS)):
+            block = [r for r in members if r["status"] == status]
+            if block:
+                click.echo(f"\n{title} ({len(block)}):")
+                click.echo(queries.format_table(block, columns))
 
 
 @main.command()
@@ -105,14 +178,71 @@ def run(config, db, executor, address, dry_run, rerun_failed, device, quiet):
 @click.option("--threat", type=click.Choice(["oblivious", "adaptive"]), default=None)
 @click.option("--tournament", type=int, default=None, help="Tournament id (default: the latest).")
 @click.option("--all", "all_matches", is_flag=True, help="Rank every stored match, whichever tournament.")
-def leaderboard(db, threat, tournament, all_matches):
-    """Print the ranking: clean vs robust PSNR/SSIM per restorer and defense."""
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True,
+              help="json/csv: one object/line per system with the keys in README.md, 'Leaderboard JSON'.")
+def leaderboard(db, threat, tournament, all_matches, fmt):
+    """Print the ranking: clean vs robust PSNR/SSIM per restorer and defense.
+
+    Only complete systems are ranked (every match done and verified, failures of the attack's
+    own making aside); the unverified and unranked ones follow with their counts and reasons.
+    """
     from arena.store import queries
     from arena.store.db import open_reader
 
     if tournament is None and not all_matches:
         tournament = queries.latest_tournament_id(open_reader(db))
-    print_leaderboard(db, tournament, threat)
+    print_leaderboard(db, tournament, threat, fmt)
+
+
+def _statuses(ctx, param, values) -> list[str]:
+    from arena.store.views import MATCH_STATUSES
+
+    out = [s.strip() for v in values for s in v.split(",") if s.strip()]
+    bad = [s for s in out if s not in MATCH_STATUSES]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)} (choose from {', '.join(MATCH_STATUSES)})")
+    return out
+
+
+@main.command("matches")
+@DB_OPTION
+@click.option("--status", "statuses", multiple=True, callback=_statuses,
+              help="done, pending (done, not verified), failed, disqualified, skipped; "
+                   "repeat or comma-separate (default: every match).")
+@click.option("--tournament", type=int, default=None, help="Tournament id (default: the latest).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--full", is_flag=True, help="Each match's whole reason and stored error (traceback).")
+def matches_command(db, statuses, tournament, fmt, full):
+    """List matches with their status, blame and reason (escape codes stripped)."""
+    from arena.store import queries, views
+    from arena.store.db import open_reader
+
+    engine = open_reader(db)
+    if tournament is None:
+        tournament = queries.latest_tournament_id(engine)
+    rows = views.match_list(engine, tournament, statuses)
+    for r in rows:
+        r["reason"], r["error"] = views.strip_ansi(r["reason"]), views.strip_ansi(r["error"])
+        r["system"] = f"{r['restorer']} + {r['defense']}"
+        r["budget"] = f"{r['threat']} {r['norm']} eps={r['eps']:.4g}"
+    if fmt == "json":
+        keys = ["key", "tournament_id", "threat", "norm", "eps", "restorer", "defense", "attack", "attack_kind",
+                "seed", "status", "blame", "verified", "reason", "error", "attempts"]
+        click.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2, default=str))
+    elif not rows:
+        click.echo("no matches of that status")
+    elif full:
+        for r in rows:
+            blame = f" (blame: {r['blame']})" if r["blame"] else ""
+            click.echo(f"\n== {r['key']}  {r['budget']}  {r['system']}  vs {r['attack']}: {r['status']}{blame}")
+            if r["reason"]:
+                click.echo(f"reason: {r['reason']}")
+            if r["error"] and r["error"] != r["reason"]:
+                click.echo(r["error"].rstrip("\n"))
+    else:
+        for r in rows:
+            r["reason"] = views.one_line(r["reason"])
+        click.echo(queries.format_table(rows, ["key", "budget", "system", "attack", "status", "blame", "reason"]))
 
 
 @main.group(invoke_without_command=True)
@@ -124,10 +254,22 @@ def plugins(ctx, as_json):
         return
     from arena.plugins import describe, load_registry
 
-    infos = [describe(e) for e in load_registry().all()]
-    if as_json:
+    registry = load_registry()
+    infos = [describe(e) for e in registry.all()]
+    if as_json:  # a broken plugin is one more item, shaped like a component's, with "broken" set
+        infos += [{"role": "plugin", "name": p, "plugin": p, "kind": "broken", "summary": "",
+                   "params": {}, "package": "", "version": "", "broken": why}
+                  for p, why in sorted(registry.broken.items())]
         click.echo(json.dumps(infos, indent=2, default=str))
         return
+    _print_components(infos)
+    if registry.broken:
+        click.echo("\nbroken plugins (left out; `arena --strict` makes this an error):")
+        for p, why in sorted(registry.broken.items()):
+            click.echo(f"  {p:<20} {why}")
+
+
+def _print_components(infos: list[dict]) -> None:
     for role in ("restorer", "attack", "defense"):
         click.echo(f"\n{role}s:")
         for i in (i for i in infos if i["role"] == role):
@@ -159,7 +301,9 @@ def dashboard(db, port):
 
 @plugins.command("check")
 @click.argument("name")
-def plugins_check(name):
+@click.option("--timeout", type=click.FloatRange(min=0), default=120, show_default=True,
+              help="Seconds each role's checks may take (0: no limit).")
+def plugins_check(name, timeout):
     """Run the conformance checks on an installed component NAME; list what fails."""
     from arena import testing
     from arena.plugins import load_registry
@@ -167,18 +311,17 @@ def plugins_check(name):
     registry = load_registry()
     found = [e for role in ("restorer", "attack", "defense") for e in [registry.entries[role].get(name)] if e]
     if not found:
-        raise click.ClickException(f"no installed restorer, attack or defense is called '{name}'")
+        note = f"; {registry.broken_note()}" if registry.broken else ""
+        raise click.ClickException(f"no installed restorer, attack or defense is called '{name}'{note}")
     failed = False
     for entry in found:
-        check = {"restorer": testing.check_restorer, "attack": testing.check_attack,
-                 "defense": testing.check_defense}[entry.role]
-        problems = check(entry.cls)
+        problems = testing.run_check(entry.cls, entry.role, timeout or None)
         source = f"{entry.package} {entry.version}".strip()
         if problems:
             failed = True
             click.echo(f"{entry.role} '{name}' ({source}) fails {len(problems)} check(s):")
-            for p in problems:
-                click.echo(f"  - {p}")
+            for p in problems:  # one line each, whatever the plugin put in its message
+                click.echo(f"FAIL {entry.role} '{name}': {' '.join(p.split())}")
         else:
             click.echo(f"{entry.role} '{name}' ({source}) passes every conformance check")
     if failed:

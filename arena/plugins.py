@@ -3,10 +3,14 @@
 Plugins are found through the ``arena`` entry-point group. ``ARENA_PLUGINS`` (comma-separated
 entry-point names) keeps only those plugins; ``ARENA_BLOCK_PLUGINS`` drops the ones it names.
 No plugin manager exists at import time: call ``load_registry()``.
+
+An installed plugin that fails to import or to register is *broken*: it is left out, with its
+reason in ``Registry.broken``, so that one bad distribution cannot stop every command.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -14,9 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
+from pydantic import ConfigDict
 
 from arena import hookspecs
-from arena.api import Attack, Component, ConfigError, Defense, Restorer
+from arena.api import Attack, Component, ConfigError, Defense, Params, Restorer
 
 ENTRY_POINT_GROUP = "arena"
 ROLES: dict[str, tuple[str, type[Component]]] = {
@@ -24,6 +29,11 @@ ROLES: dict[str, tuple[str, type[Component]]] = {
     "attack": ("register_attacks", Attack),
     "defense": ("register_defenses", Defense),
 }
+
+#: What ``load_registry(strict=None)`` does: ``arena --strict`` sets it for one command.
+STRICT = False
+
+log = logging.getLogger(__name__)
 
 
 class PluginError(RuntimeError):
@@ -46,11 +56,27 @@ class Entry:
         return self.cls.name
 
 
+class AnyParams(Params):
+    """The parameters of a placeholder: the component is missing, so nothing can be checked."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def placeholder(role: str, name: str, unavailable: str) -> Entry:
+    """An unavailable stand-in for a component that is not registered (see ``Registry.get``)."""
+    base = ROLES[role][1]
+    cls = type(f"Missing{base.__name__}", (base,), {
+        "__doc__": "Not registered: an installed plugin is broken.", "name": name, "Params": AnyParams})
+    return Entry(cls, role, plugin="", package="", version="", unavailable=unavailable)
+
+
 @dataclass
 class Registry:
     entries: dict[str, dict[str, Entry]] = field(
         default_factory=lambda: {role: {} for role in ROLES}
     )
+    #: Plugin name -> one-line reason, for plugins left out because they failed to load.
+    broken: dict[str, str] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         table = self.entries[entry.role]
@@ -62,12 +88,27 @@ class Registry:
             )
         table[entry.name] = entry
 
+    def drop(self, plugin: str) -> None:
+        """Forget every component ``plugin`` registered (it broke half-way)."""
+        for table in self.entries.values():
+            for name in [n for n, e in table.items() if e.plugin == plugin]:
+                del table[name]
+
+    def broken_note(self) -> str:
+        return "; ".join(f"plugin '{p}' {why}" for p, why in sorted(self.broken.items()))
+
     def get(self, role: str, name: str, allow_unavailable: bool = False) -> Entry:
+        """The entry of ``name``. With ``allow_unavailable`` and a broken plugin, an unknown name
+        gives an unavailable placeholder: the broken plugin may be the one that provides it, so
+        its matches are planned as skipped, with the plugin's error, instead of failing the plan."""
         table = self.entries[role]
         entry = table.get(name)
+        if entry is None and allow_unavailable and self.broken:
+            return placeholder(role, name, f"not registered; {self.broken_note()}")
         if entry is None:
             allowed = ", ".join(sorted(table)) or "none registered"
-            raise ConfigError(f"unknown {role} '{name}' (registered: {allowed})")
+            note = f"; {self.broken_note()}" if self.broken else ""
+            raise ConfigError(f"unknown {role} '{name}' (registered: {allowed}){note}")
         if entry.unavailable and not allow_unavailable:
             raise ConfigError(f"{role} '{name}' is unavailable: {entry.unavailable}")
         return entry
@@ -85,16 +126,29 @@ def _names(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()} if raw else None
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, for warnings and listings."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager, remembering which distribution each entry-point plugin came from."""
+    """pluggy's manager, remembering which distribution each entry-point plugin came from and
+    which entry points are broken (name -> one-line reason)."""
 
     def __init__(self):
         super().__init__("arena")
         self.dists: dict[str, tuple[str, str]] = {}
+        self.broken: dict[str, str] = {}
 
 
-def plugin_manager(modules: tuple[ModuleType, ...] = (), entrypoints: bool = True) -> PluginManager:
-    """A fresh plugin manager with the arena's hooks, the entry-point plugins and ``modules``."""
+def plugin_manager(modules: tuple[ModuleType, ...] = (), entrypoints: bool = True,
+                   strict: bool | None = None) -> PluginManager:
+    """A fresh plugin manager with the arena's hooks, the entry-point plugins and ``modules``.
+
+    An entry point that fails to import or whose hooks pluggy rejects raises PluginError if
+    ``strict`` (None: :data:`STRICT`), else it is left out and recorded in ``pm.broken``.
+    """
+    strict = STRICT if strict is None else strict
     pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     allow, block = _names("ARENA_PLUGINS"), _names("ARENA_BLOCK_PLUGINS") or set()
@@ -102,55 +156,83 @@ def plugin_manager(modules: tuple[ModuleType, ...] = (), entrypoints: bool = Tru
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in block or (allow is not None and ep.name not in allow):
                 continue
-            if pm.get_plugin(ep.name) is not None:
+            if pm.get_plugin(ep.name) is not None or ep.name in pm.broken:
                 continue
+            step = "failed to import"
             try:
                 module = ep.load()
+                step = "has invalid hooks"  # e.g. a hook whose argument is not named register
+                pm.register(module, name=ep.name)
             except Exception as exc:  # a broken plugin must say which one it is
-                raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-                    " (block it with ARENA_BLOCK_PLUGINS)"
-                ) from exc
+                reason = f"{step}: {one_line(exc)}"
+                if strict:
+                    raise PluginError(f"plugin '{ep.name}' ({ep.value}) {reason}"
+                                      " (block it with ARENA_BLOCK_PLUGINS)") from exc
+                if pm.get_plugin(ep.name) is not None:  # pluggy may have kept some of its hooks
+                    pm.unregister(name=ep.name)
+                pm.broken[ep.name] = reason
+                continue
             dist = ep.dist
-            pm.register(module, name=ep.name)
             pm.dists[ep.name] = (dist.name, dist.version) if dist else ("unknown", "")
     for module in modules:
         pm.register(module, name=module.__name__)
     return pm
 
 
-def load_registry(modules: tuple[ModuleType, ...] = (), entrypoints: bool = True) -> Registry:
-    """Build a registry by calling every plugin's register_* hooks."""
-    pm = plugin_manager(modules, entrypoints)
-    registry = Registry()
+def load_registry(modules: tuple[ModuleType, ...] = (), entrypoints: bool = True,
+                  strict: bool | None = None) -> Registry:
+    """Build a registry by calling every plugin's register_* hooks.
+
+    An installed (entry-point) plugin that fails to import, or raises or registers something
+    invalid in a hook, is broken: it goes into ``registry.broken`` with a one-line reason, a
+    warning is logged, and every component it had registered is dropped, so a half-registered
+    plugin never takes part. ``strict=True`` raises PluginError instead (None: :data:`STRICT`).
+    ``modules`` are the caller's own code: their errors always raise.
+    """
+    strict = STRICT if strict is None else strict
+    pm = plugin_manager(modules, entrypoints, strict)
+    registry = Registry(broken=dict(pm.broken))
     for role, (hook_name, base) in ROLES.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            package, version = pm.dists.get(impl.plugin_name, ("local", ""))
-
-            def register(cls, unavailable: str | None = None, *, _p=impl.plugin_name,
-                         _pkg=package, _ver=version, _role=role, _base=base):
-                if not (isinstance(cls, type) and issubclass(cls, _base)):
-                    raise PluginError(
-                        f"plugin '{_p}' registered {cls!r} as a {_role}, but it is not a "
-                        f"subclass of arena.api.{_base.__name__}"
-                    )
-                name = getattr(cls, "name", None)
-                if not isinstance(name, str) or not name or name != name.lower() or ">" in name:
-                    raise PluginError(
-                        f"plugin '{_p}' registered {cls.__name__} with an invalid name {name!r}: "
-                        "names are non-empty lowercase strings without '>'"
-                    )
-                registry.add(Entry(cls, _role, _p, _pkg, _ver, unavailable))
-
+            plugin = impl.plugin_name
+            if plugin in registry.broken:
+                continue
+            package, version = pm.dists.get(plugin, ("local", ""))
             try:
-                impl.function(register=register)
-            except PluginError:
-                raise
+                impl.function(register=_registrar(registry, plugin, package, version, role, base))
             except Exception as exc:
-                raise PluginError(
-                    f"plugin '{impl.plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+                why = str(exc) if isinstance(exc, PluginError) else one_line(exc)
+                if strict or plugin not in pm.dists:  # modules, not entry points: the caller's
+                    if isinstance(exc, PluginError):
+                        raise
+                    raise PluginError(f"plugin '{plugin}' failed in {hook_name}: {why}") from exc
+                registry.broken[plugin] = f"failed in {hook_name}: {' '.join(why.split())}"
+                registry.drop(plugin)
+    for plugin, why in registry.broken.items():
+        log.warning("plugin '%s' %s; it is left out (ARENA_BLOCK_PLUGINS=%s silences this, "
+                    "arena --strict makes it an error)", plugin, why, plugin)
     return registry
+
+
+def _registrar(registry: Registry, plugin: str, package: str, version: str, role: str,
+               base: type[Component]):
+    """The ``register`` callable one plugin's hook gets for one role."""
+
+    def register(cls, unavailable: str | None = None):
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls!r} as a {role}, but it is not a "
+                f"subclass of arena.api.{base.__name__}"
+            )
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name or name != name.lower() or ">" in name:
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls.__name__} with an invalid name {name!r}: "
+                "names are non-empty lowercase strings without '>'"
+            )
+        registry.add(Entry(cls, role, plugin, package, version, unavailable))
+
+    return register
 
 
 def describe(entry: Entry) -> dict[str, Any]:

@@ -19,7 +19,8 @@ LEADERBOARD = [("rank", "rank", "{}"), ("restorer", "restorer", "{}"), ("defense
                ("robust_psnr", "robust PSNR", "{:.2f}"), ("robust_ssim", "robust SSIM", "{:.4f}"),
                ("drop_psnr", "drop", "{:.2f}"), ("worst_attack", "worst attack", "{}"),
                ("defense_ms_per_mp", "defense ms/MP", "{:.1f}"), ("n_images", "images", "{}"),
-               ("n_seeds", "seeds", "{}"), ("flags", "sanity flags", "{}")]
+               ("n_seeds", "seeds", "{}"), ("status", "status", "{}"), ("why", "why unranked", "{}"),
+               ("flags", "sanity flags", "{}")]
 ATTACKS = [("rank", "rank", "{}"), ("attack", "attack", "{}"), ("attack_kind", "kind", "{}"),
            ("damage_psnr", "PSNR damage", "{:.2f}"), ("damage_ssim", "SSIM damage", "{:.4f}"),
            ("worst_for", "worst for", "{}"), ("n_systems", "systems", "{}"),
@@ -109,7 +110,7 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
         lines += ["## Failed, disqualified and skipped matches", ""]
         for p in problems:
             lines.append(f"- **{p['status']}** {p['threat']} {p['norm']} ε={p['eps']:.4g} "
-                         f"{p['restorer']} + {p['defense']} vs {p['attack']}: {_fmt(p['reason'], '{}')} "
+                         f"{p['restorer']} + {p['defense']} vs {p['attack']}: {_fmt(views.one_line(p['reason']), '{}')} "
                          f"(`{views.reproduce_command(p['key'], db)}`)")
         lines.append("")
     for f in figures:
@@ -194,7 +195,8 @@ def _gallery_sheet(engine, tid, rows, db, path: Path, max_images: int = 4) -> Pa
     found = views.gallery_matches(engine, tid)
     if not found:
         return None
-    top = max(rows, key=lambda r: (r["threat"] == "adaptive", r["eps"], -r["rank"])) if rows else None
+    top = max((r for r in rows if r["rank"] is not None),
+              key=lambda r: (r["threat"] == "adaptive", r["eps"], -r["rank"]), default=None)
     match = next((m for m in found if top and all(m[k] == top[k] for k in queries.GROUP)
                   and m["attack"] == top["worst_attack"]), found[0])
     images = views.gallery(engine, match["id"], db)[:max_images]

@@ -9,19 +9,20 @@ A third-party plugin's test file can be as short as::
         assert check_attack(MyAttack) == []
 
 Each ``check_*`` returns a list of problems in plain words; empty means the component conforms.
-They are the same checks the built-in plugins pass.
+They are the same checks the built-in plugins pass. ``run_check`` is what ``arena plugins check``
+runs: the role's check under a deadline, with an exception or a timeout as one more problem.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
 from arena.api import Attack, Defense, Restorer
-from arena.threat import Budget, System, Target, verify
+from arena.threat import Budget, System, Target, make_target, verify
+from arena.timeout import Timeout, deadline
 
 SHAPE = (2, 3, 16, 16)
 
@@ -65,8 +66,9 @@ def _run_attack(attack: Attack, system: System, budget: Budget, seed: int, threa
     lq, hq = tiny_batch()
     with torch.no_grad():
         clean = system.restore(lq)
-    target = Target(system, threat, attack.params.objective, _gen(seed + 1), eot=2, clean_out=clean)
-    target.surrogate = lambda name, params=None: System(tiny_model(1), [])
+    target = make_target(attack.kind, system, threat, attack.params.objective, _gen(seed + 1), eot=2,
+                         clean_out=clean, hq=hq, lq=lq, budget=budget, rounds=attack.rounds(),
+                         surrogates=lambda name, params=None: System(tiny_model(1), []))
     x_adv = attack.run(target, lq, hq, budget, _gen(seed))
     return lq, x_adv, target
 
@@ -161,24 +163,41 @@ def check_restorer(cls: type[Restorer], params: dict[str, Any] | None = None, co
     return problems
 
 
+def run_check(cls: type[Restorer | Attack | Defense], role: str, timeout: float | None = 120) -> list[str]:
+    """The role's conformance check; an exception or running past ``timeout`` seconds (None: no
+    limit; main thread only, see ``arena.timeout``) becomes the problem ``Type: message``."""
+    check = {"restorer": check_restorer, "attack": check_attack, "defense": check_defense}[role]
+    try:
+        with deadline(timeout, "the conformance check"):
+            return check(cls)
+    except (Exception, Timeout) as exc:  # a plugin's failure is reported, never a traceback
+        return [f"{type(exc).__name__}: {exc}"]
+
+
 # -- pytest fixtures (available to any project once udc-arena is installed) --------------------
+# pytest is a test extra: plugins import TinyNet from here, so without pytest the checks and
+# helpers must still import; only the fixtures need it, and pytest is there whenever they are used.
 
+try:
+    import pytest
+except ImportError:  # pragma: no cover - exercised by installs without the test extra
+    pytest = None
 
-@pytest.fixture
-def arena_registry():
-    """A fresh registry of every installed plugin (no global state is shared between tests)."""
-    from arena.plugins import load_registry
+if pytest is not None:
 
-    return load_registry()
+    @pytest.fixture
+    def arena_registry():
+        """A fresh registry of every installed plugin (no global state is shared between tests)."""
+        from arena.plugins import load_registry
 
+        return load_registry()
 
-@pytest.fixture
-def tiny_images():
-    """(lq, hq) of shape (2, 3, 16, 16) in [0, 1]."""
-    return tiny_batch()
+    @pytest.fixture
+    def tiny_images():
+        """(lq, hq) of shape (2, 3, 16, 16) in [0, 1]."""
+        return tiny_batch()
 
-
-@pytest.fixture
-def tiny_restorer():
-    """A seeded TinyNet in eval mode."""
-    return tiny_model()
+    @pytest.fixture
+    def tiny_restorer():
+        """A seeded TinyNet in eval mode."""
+        return tiny_model()

@@ -74,6 +74,9 @@ def number(label: str, fmt: str = "%.2f", help: str | None = None):
 
 LEADERBOARD_COLUMNS = {
     "rank": st.column_config.NumberColumn("rank", format="%d"),
+    "status": st.column_config.TextColumn(
+        "status", help="ranked: every match done and verified; unverified: masked gradients not yet "
+        "checked by a gradient-free attack; unranked: a match failed (not by the attack's fault) or is pending"),
     "restorer": st.column_config.TextColumn("restorer"),
     "defense": st.column_config.TextColumn("defense"),
     "clean_psnr": number("clean PSNR", help="Defended system on clean input, dB"),
@@ -92,4 +95,5 @@ LEADERBOARD_COLUMNS = {
     "robust_psnr_seed_std": number("± std over seeds", help="Sample std of the per-seed robust PSNR "
                                    "(empty with one seed: a single draw)"),
     "flags": st.column_config.TextColumn("sanity flags", width="large"),
+    "why": st.column_config.TextColumn("why not ranked / notes", width="large"),
 }

@@ -14,7 +14,7 @@ import torch
 
 from arena.api import Attack, Defense
 from arena.testing import check_attack, tiny_batch, tiny_model
-from arena.threat import Budget, System, Target, verify
+from arena.threat import Budget, System, Target, make_target, verify
 
 OBJECTIVES = ("mse", "mse_clean", "l1", "ssim")
 
@@ -40,9 +40,9 @@ def run_attack(attack: Attack, system: System, budget: Budget, *, threat: str = 
     lq, hq = tiny_batch(shape)
     with torch.no_grad():
         clean = system.restore(lq)
-    target = Target(system, threat, attack.params.objective, _gen(seed + 1), eot=eot,
-                    clean_out=clean)
-    target.surrogate = lambda name, params=None: System(tiny_model(1), [])
+    target = make_target(attack.kind, system, threat, attack.params.objective, _gen(seed + 1), eot=eot,
+                         clean_out=clean, hq=hq, lq=lq, budget=budget, rounds=attack.rounds(),
+                         surrogates=lambda name, params=None: System(tiny_model(1), []))
     return lq, attack.run(target, lq, hq, budget, _gen(seed)), target
 
 

@@ -13,7 +13,7 @@ from arena.api import Attack, ConfigError
 from arena.metrics import psnr
 from arena.plugins import load_registry
 from arena.testing import TinyNet
-from arena.threat import Budget, System, Target, objective_loss, verify
+from arena.threat import Budget, System, Target, make_target, objective_loss, verify
 from arena.weights import load_weights, save_weights
 from arena_plugins.defenses.jpeg import JPEG
 
@@ -182,9 +182,9 @@ def attack_on(trained, attack, budget, *, links=(), threat="oblivious", eot=1, s
     system = System(net, list(links))
     with torch.no_grad():
         clean = system.restore(lq)
-    target = Target(system, threat, attack.params.objective, gen(seed + 1), eot=eot,
-                    clean_out=clean)
-    target.surrogate = lambda name, params=None: System(net, [])
+    target = make_target(attack.kind, system, threat, attack.params.objective, gen(seed + 1), eot=eot,
+                         clean_out=clean, hq=hq, lq=lq, budget=budget, rounds=attack.rounds(),
+                         surrogates=lambda name, params=None: System(net, []))
     x = attack.run(target, lq, hq, budget, gen(seed))
     assert verify(x, lq, budget, target.queries) is None
     return x, target, system
@@ -440,7 +440,7 @@ def test_transfer_from_the_target_itself_is_white_box_pgd(trained, registry):
 def test_transfer_without_a_surrogate_says_why(trained, registry):
     net, lq, hq = trained
     target = Target(System(net, []), "oblivious", "mse", gen(1))
-    with pytest.raises(RuntimeError, match="surrogate"):
+    with pytest.raises(AttributeError, match="surrogate"):
         make(registry, "transfer").run(target, lq, hq, LINF, gen(0))
 
 
@@ -449,8 +449,8 @@ def test_transfer_from_another_restorer_does_damage(trained, registry):
     other = TinyNet(12, 4).eval().requires_grad_(False)
     net, lq, hq = trained
     system = System(net, [])
-    target = Target(system, "oblivious", "mse", gen(1))
-    target.surrogate = lambda name, params=None: System(other, [])
+    target = make_target("transfer", system, "oblivious", "mse", gen(1), eot=1, clean_out=None, hq=hq,
+                         lq=lq, budget=LINF, rounds=1, surrogates=lambda name, params=None: System(other, []))
     x = make(registry, "transfer").run(target, lq, hq, LINF, gen(0))
     assert verify(x, lq, LINF, target.queries) is None
     assert damage(trained, x) > 0

@@ -100,14 +100,18 @@ class Shatter(Defense):
         return torch.round(x * 7) / 7  # round's gradient is zero almost everywhere
 
 
-def test_gradient_masking_defense_is_flagged_end_to_end(tmp_path):
+def test_gradient_masking_defense_is_disqualified_by_the_probe_end_to_end(tmp_path):
+    """Rounding declared exact: its gradient is zero, so the worker's probe disqualifies the
+    system before any attack could be fooled, and it is never ranked."""
     registry = load_registry(modules=(module_with(Shatter, role="defense"),))
     db = str(tmp_path / "m.db")
     t = config(restorers=["tiny"], defenses=["shatter", "none"], attacks=["pgd"],
                threat_models=["adaptive"])
     run_tournament(t, db, executor="local", progress=False, registry=registry)
-    flags = queries.flags_by_system(open_reader(db))
-    masked = [k for k, v in flags.items() if any(f.startswith("bad-gradient") for f in v)]
-    assert [k[4] for k in masked] == ["shatter"]
-    row = next(r for r in queries.leaderboard(open_reader(db)) if r["defense"] == "shatter")
-    assert "bad-gradient" in row["flags"]
+    rows = {r["defense"]: r for r in queries.matches(open_reader(db))}
+    assert rows["shatter"]["status"] == "disqualified" and rows["shatter"]["blame"] == "system"
+    assert "zero gradient" in rows["shatter"]["reason"]
+    assert rows["none"]["status"] == "done"
+    board = {r["defense"]: r for r in queries.leaderboard(open_reader(db))}
+    assert board["shatter"]["status"] == "unranked" and board["shatter"]["rank"] is None
+    assert board["none"]["rank"] == 1

@@ -123,7 +123,7 @@ def test_every_builtin_entry_point_is_a_plugin_module():
 def builtin_components() -> tuple[list, str | None]:
     """One parameter per built-in component of the installed registry, or why none loaded."""
     try:
-        registry = load_registry()
+        registry = load_registry(strict=True)  # a broken built-in must fail, not vanish
     except PluginError as exc:  # a broken plugin fails one test below, not the collection
         return [], str(exc)
     params = []

@@ -31,7 +31,7 @@ def test_sqlite_uses_wal(tmp_path):
 def _match(key, attack, status="done", restorer="r", defense="none", threat="oblivious"):
     return {"key": key, "restorer": restorer, "defense": defense, "attack": attack,
             "attack_kind": "white-box", "threat": threat, "norm": "linf", "eps": 0.03,
-            "spec": {}, "status": status}
+            "spec": {}, "status": status, "verified": True if status == "done" else None}
 
 
 def _score(image, clean, adv):
@@ -45,7 +45,7 @@ def test_robust_psnr_is_mean_of_per_image_worst_case(tmp_path):
     # the mean of per-image worst is (20 + 21) / 2 = 20.5
     write.write_result(engine, tid, _match("k1", "A"), [_score("i1", 30, 20), _score("i2", 32, 25)])
     write.write_result(engine, tid, _match("k2", "B"), [_score("i1", 30, 24), _score("i2", 32, 21)])
-    write.write_result(engine, tid, _match("k3", "C", status="disqualified"), [])
+    write.write_result(engine, tid, dict(_match("k3", "C", status="disqualified"), blame="attack"), [])
     (row,) = queries.leaderboard(engine)
     assert row["robust_psnr"] == pytest.approx(20.5)
     assert row["clean_psnr"] == pytest.approx(31.0)

@@ -13,6 +13,8 @@ from collections import defaultdict, deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
+from arena.store.views import strip_ansi  # Ray colours its error messages
+
 if TYPE_CHECKING:  # pragma: no cover
     from arena.data import UDCData
     from arena.plan import Match, Tournament
@@ -24,22 +26,20 @@ class ExecutorError(RuntimeError):
     """The executor cannot run this tournament as configured."""
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def plain(text: str) -> str:
-    """Text without terminal colour codes (Ray colours its error messages)."""
-    return ANSI.sub("", text)
-
-
 def failed(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
     """A match that failed for a reason outside any plugin's code path we could attribute:
     the worker died, timed out, or could not start (``blame`` infra)."""
-    return {"key": match.key, "status": "failed", "reason": plain(reason), "blame": "infra",
-            "error": plain(error or reason),
+    return {"key": match.key, "status": "failed", "reason": strip_ansi(reason), "blame": "infra",
+            "error": strip_ansi(error or reason),
             "scores": [], "samples": [], "timings": {}, "trace": [], "start_grad": None,
             "gradient_calls": 0, "peak_mem_mb": None, "device": None,
             "defense_ms_per_mp": None, "attempts": attempts}
+
+
+def rescore_timeout(t: Tournament, job: dict[str, Any]) -> float:
+    """Re-scoring is a forward pass per batch, far below a match; the process start (imports)
+    gets two minutes of its own."""
+    return 120 + t.timeout_s * max(1, len(job["systems"]))
 
 
 def _all_fail(job: dict[str, Any], why: str) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def rescore_in_subprocess(job: dict[str, Any], timeout_s: float) -> list[dict[st
     except subprocess.TimeoutExpired:
         return _all_fail(job, f"re-scoring timed out after {timeout_s:g} s")
     if done.returncode != 0:
-        tail = plain(done.stderr.decode(errors="replace")).strip().splitlines()[-1:] or ["no output"]
+        tail = strip_ansi(done.stderr.decode(errors="replace")).strip().splitlines()[-1:] or ["no output"]
         return _all_fail(job, f"re-scoring process failed: {tail[0]}")
     return pickle.loads(done.stdout)
 
@@ -87,7 +87,7 @@ class LocalExecutor:
         self.t, self.device, self.registry = t, device, registry
 
     def rescore(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        return rescore_in_subprocess(dict(job, device=self.device), self.t.timeout_s)
+        return rescore_in_subprocess(dict(job, device=self.device), rescore_timeout(self.t, job))
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
@@ -105,11 +105,15 @@ class LocalExecutor:
         for match in matches:
             if on_start:
                 on_start(match)
+            t0 = time.monotonic()
             try:
                 with deadline(self.t.timeout_s, "match"):
                     result = dict(worker.run(match), attempts=1)
             except Timeout as exc:
                 result = failed(match, str(exc))
+            if time.monotonic() - t0 > self.t.timeout_s and result["status"] != "failed":
+                # it swallowed the alarm and finished late: late is still timed out
+                result = failed(match, f"match timed out after {self.t.timeout_s:g} s")
             on_result(match, result)
 
     def close(self) -> None:
@@ -166,9 +170,9 @@ class RayExecutor:
         task = self.ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus, max_calls=1,
                                max_retries=self.t.max_retries)(rescore_payload)
         try:
-            return self.ray.get(task.remote(cloudpickle.dumps(job)), timeout=self.t.timeout_s)
+            return self.ray.get(task.remote(cloudpickle.dumps(job)), timeout=rescore_timeout(self.t, job))
         except Exception as exc:  # noqa: BLE001 - a broken re-scoring fails every system in it
-            return _all_fail(job, plain(f"re-scoring failed: {type(exc).__name__}: {_first_line(exc)}"))
+            return _all_fail(job, strip_ansi(f"re-scoring failed: {type(exc).__name__}: {_first_line(exc)}"))
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
         from arena.run.harden import build_hardened
@@ -262,7 +266,7 @@ class RayExecutor:
 
 def _first_line(exc: BaseException) -> str:
     """The line of a Ray error that says what went wrong (the exception, not Ray's preamble)."""
-    lines = [plain(x).strip() for x in str(exc).splitlines() if x.strip()]
+    lines = [strip_ansi(x).strip() for x in str(exc).splitlines() if x.strip()]
     for line in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line):
             return line
@@ -274,9 +278,8 @@ def neutral_cwd():
     """Ray puts the driver's working folder on every worker's sys.path; start it from an empty
     folder so that a checkout or stray module where `arena run` was typed is never imported."""
     old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="arena-ray-") as tmp:
-        os.chdir(tmp)
-        try:
-            yield
-        finally:
-            os.chdir(old)
+    os.chdir(tempfile.mkdtemp(prefix="arena-ray-"))  # kept: local workers start in it
+    try:
+        yield
+    finally:
+        os.chdir(old)

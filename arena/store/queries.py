@@ -2,7 +2,10 @@
 
 These back both ``arena leaderboard`` and the dashboard. They import neither torch nor Ray.
 Robust quality follows AutoAttack's aggregation: per image, the worst case over all attacks,
-then the mean over images; it is computed only over matches with status ``done``.
+then the mean over images; it is computed only over *counted* matches: status ``done`` and
+``verified`` (re-scored by a fresh system in a fresh process). A done match whose ``verified``
+is not true is *pending*; databases written before m003 have ``verified`` NULL everywhere and
+need a rerun before anything counts.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ def fetch(engine: Engine, stmt) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
+def counted():
+    """The condition a match must meet for its scores to count: done and verified."""
+    return and_(m.matches.c.status == "done", m.matches.c.verified.is_(True))
+
+
 def scope(stmt, tournament_id: int | None):
     if tournament_id is None:
         return stmt
@@ -33,7 +41,8 @@ def scope(stmt, tournament_id: int | None):
 
 
 def leaderboard(engine: Engine, tournament_id: int | None = None, threat: str | None = None) -> list[dict[str, Any]]:
-    """One row per (threat, norm, eps, restorer, defense), ranked by robust PSNR within a budget.
+    """One row per (threat, norm, eps, restorer, defense), ranked by robust PSNR within a budget
+    where the system is complete (``status`` says why a row is not ranked).
 
     The one implementation lives in :func:`arena.store.views.leaderboard` (which also filters);
     this is its unfiltered form for the command line and ``arena report``.
@@ -49,7 +58,7 @@ def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple,
     s, mt = m.scores, m.matches
     per_image = scope(select(
         *(mt.c[g] for g in GROUP), mt.c.seed, s.c.image, func.min(s.c.adv_psnr).label("worst"),
-    ).select_from(s.join(mt, s.c.match_id == mt.c.id)), tournament_id).where(mt.c.status == "done") \
+    ).select_from(s.join(mt, s.c.match_id == mt.c.id)), tournament_id).where(counted()) \
         .group_by(*(mt.c[g] for g in GROUP), mt.c.seed, s.c.image).subquery()
     per_seed = select(*(per_image.c[g] for g in GROUP), per_image.c.seed,
                       func.avg(per_image.c.worst).label("robust")) \

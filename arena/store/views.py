@@ -5,22 +5,25 @@ function takes an engine and an optional tournament id (``None``: every stored m
 returns plain rows (lists of dicts), so the callers can cache, tabulate or plot them freely.
 
 Robust quality keeps the AutoAttack aggregation of the leaderboard: per image, the worst case
-over the attacks that count, then the mean over images. Filters narrow which matches count;
-an attack-kind filter therefore changes the worst case, not just which rows are shown.
+over the attacks that count, then the mean over images. Only done, verified matches count
+(:func:`arena.store.queries.counted`). Filters narrow which matches count; an attack-kind
+filter therefore changes the worst case, not just which rows are shown.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
-from arena.store.queries import GROUP, defense_costs, fetch, scope, seed_spread
+from arena.store.queries import GROUP, counted, defense_costs, fetch, scope, seed_spread
 
 BUDGET = ("threat", "norm", "eps")
 #: budgets are stored as floats (8/255); two within this are the same budget
@@ -31,17 +34,49 @@ SAMPLE_TITLES = {
     "restored_clean": "restored (clean)", "restored_adv": "restored (adversarial)",
     "hq": "ground truth",
 }
+#: a leaderboard row's status, in the order its blocks are shown
+STATUSES = ("ranked", "unverified", "unranked")
+#: flags (arena/flags.py) saying a system's gradients may be masked
+MASKING_FLAGS = ("bad-gradient", "gradient-attacks-beaten")
+#: attack kinds that do not follow the attacked system's gradients
+GRADIENT_FREE_KINDS = ("score-based", "decision-free", "transfer")
+#: a match's shown status: the stored one, except that a done match not verified is pending
+MATCH_STATUSES = ("done", "pending", "failed", "disqualified", "skipped")
+#: terminal escape codes (CSI colours and cursor moves, OSC titles and links, lone escapes)
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
 
 
 def _key(row: dict[str, Any], names: Iterable[str] = GROUP) -> tuple:
     return tuple(row[n] for n in names)
 
 
-def _where(stmt, *, threat=None, norm=None, eps=None, restorers=None, defenses=None, attacks=None,
-           attack_kinds=None):
-    """Narrow a select over ``matches`` to finished matches passing every given filter."""
+def strip_ansi(text: str | None) -> str | None:
+    """``text`` without terminal escape codes (a plugin's coloured traceback), for display;
+    the stored text is left as it was written."""
+    return ANSI.sub("", text) if text else text
+
+
+def one_line(text: str | None, width: int = 100) -> str:
+    """The first line of ``text``, without escape codes, cut to ``width`` characters."""
+    lines = (strip_ansi(text) or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def match_status(row: dict[str, Any]) -> str:
+    """A stored match's shown status: ``pending`` for a done match not (yet) verified."""
+    return "pending" if row["status"] == "done" and not row.get("verified") else row["status"]
+
+
+def _where(stmt, **filters):
+    """Narrow a select over ``matches`` to counted (done, verified) matches passing every filter."""
+    return _narrow(stmt.where(counted()), **filters)
+
+
+def _narrow(stmt, *, threat=None, norm=None, eps=None, restorers=None, defenses=None, attacks=None,
+            attack_kinds=None):
+    """Narrow a select over ``matches`` to matches of any status passing every given filter."""
     mt = m.matches
-    stmt = stmt.where(mt.c.status == "done")
     for col, value in (("threat", threat), ("norm", norm)):
         if value is not None:
             stmt = stmt.where(mt.c[col] == value)
@@ -162,6 +197,9 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
     filters = dict(threat=threat, restorers=restorers, defenses=defenses, attacks=attacks,
                    attack_kinds=attack_kinds)
     rows = robust_table(engine, tournament_id, GROUP, **filters)
+    standing = standings(engine, tournament_id, threat=threat, restorers=restorers, defenses=defenses)
+    have = {_key(r) for r in rows}
+    rows += [_unscored(k) for k in standing if k not in have]  # a failing system stays visible
     per_attack = _attack_means(match_stats(engine, tournament_id, **filters), (*GROUP, "attack"))
     worst = _worst_attack(per_attack.values())
     counted_attacks = {k[-1] for k in per_attack}
@@ -175,15 +213,86 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
         flagged.setdefault(_key(f), []).append(f"{f['flag']}{who}: {f['reason']}")
     for r in rows:
         k = _key(r)
-        r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"]
-        r["drop_ssim"] = r["clean_ssim"] - r["robust_ssim"]
+        scored = r["robust_psnr"] is not None
+        r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"] if scored else None
+        r["drop_ssim"] = r["clean_ssim"] - r["robust_ssim"] if scored else None
         r["worst_attack"] = worst.get(k, {}).get("attack")
         r["defense_ms_per_mp"] = costs.get(k, {}).get("defense_ms_per_mp")
         r["peak_mem_mb"] = costs.get(k, {}).get("peak_mem_mb")
         r["flags"] = "; ".join(flagged.get(k, []))
-        r.update(spread.get(k, {}))
-    rows.sort(key=lambda r: (r["threat"], r["norm"], r["eps"], -r["robust_psnr"], r["restorer"], r["defense"]))
-    return _rank(rows)
+        r.update({"robust_psnr_seed_mean": None, "robust_psnr_seed_std": None, **spread.get(k, {})})
+        r.update(standing[k])
+        if not scored and r["status"] != "unranked":  # its matches all left out by an attack filter
+            r["status"] = "unranked"
+            r["why"] = "; ".join(filter(None, ["no done, verified match of the chosen attacks", r["why"]]))
+    rows.sort(key=_board_order)
+    return _rank(rows, lambda r: r["status"] == "ranked")
+
+
+def _board_order(r: dict[str, Any]) -> tuple:
+    """Per budget: ranked rows by robust PSNR, then the unverified block, then the unranked one."""
+    robust = r["robust_psnr"]
+    return (r["threat"], r["norm"], r["eps"], STATUSES.index(r["status"]),
+            -robust if robust is not None else math.inf, r["restorer"], r["defense"])
+
+
+def _unscored(k: tuple) -> dict[str, Any]:
+    """The leaderboard row of a system with no counted match: its numbers are empty."""
+    return {**dict(zip(GROUP, k)), **dict.fromkeys(("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim")),
+            "n_images": 0, "n_attacks": 0, "n_seeds": 0}
+
+
+def standings(engine: Engine, tournament_id: int | None = None, *, threat: str | None = None,
+              restorers: Iterable[str] | None = None,
+              defenses: Iterable[str] | None = None) -> dict[tuple, dict[str, Any]]:
+    """Per system and budget: its match counts, its leaderboard status and one line of why.
+
+    Every stored match of the system in the tournament counts here, whatever the attack
+    filters: whether a system is complete does not depend on the view. ``planned`` is what
+    the tournament stored; it equals done + pending + failed + disqualified + skipped.
+    """
+    mt = m.matches
+    stmt = select(*(mt.c[g] for g in GROUP), mt.c.attack_kind, mt.c.status, mt.c.blame, mt.c.verified,
+                  mt.c.reason)
+    stmt = _narrow(scope(stmt, tournament_id), threat=threat, restorers=restorers, defenses=defenses)
+    masked: dict[tuple, set[str]] = {}
+    for f in flags(engine):
+        if f["flag"] in MASKING_FLAGS:
+            masked.setdefault(_key(f), set()).add(f["flag"])
+    by_system: dict[tuple, list[dict[str, Any]]] = {}
+    for r in fetch(engine, stmt.order_by(mt.c.id)):
+        by_system.setdefault(_key(r), []).append(r)
+    return {k: _standing(rows, masked.get(k, set())) for k, rows in by_system.items()}
+
+
+def _standing(matches: list[dict[str, Any]], masked: set[str]) -> dict[str, Any]:
+    """The rules of "complete or unranked": a failure not blamed on the attack, or a pending
+    match, leaves the system unranked; masked gradients keep it unverified until an attack
+    that does not need its gradients is done and verified."""
+    counts = Counter(match_status(r) for r in matches)
+    failures: dict[tuple, list[str | None]] = {}
+    for r in matches:
+        if r["status"] in ("failed", "disqualified"):
+            failures.setdefault((r["status"], r["blame"]), []).append(r["reason"])
+    against_system = {k: v for k, v in failures.items() if k[1] != "attack"}
+    checked = any(match_status(r) == "done" and r["attack_kind"] in GRADIENT_FREE_KINDS for r in matches)
+    incomplete = bool(against_system or counts["pending"] or not counts["done"])
+    why = [f"{len(v)} {s} ({b or 'blame unknown'}): {one_line(v[0], 80)}" for (s, b), v in against_system.items()]
+    if counts["pending"]:
+        why.append(f"{counts['pending']} pending (not yet verified by a fresh re-score)")
+    if not counts["done"] and not why:
+        why.append("no done, verified match")
+    if masked:
+        names = ", ".join(sorted(masked))
+        why.append(f"{names}: checked by a gradient-free attack" if checked else
+                   f"{names}: no done, verified score-based, decision-free or transfer attack yet")
+    why += [f"{len(v)} {s} (attack), not counted: {one_line(v[0], 80)}"
+            for (s, b), v in failures.items() if b == "attack"]
+    status = "unranked" if incomplete else "unverified" if masked and not checked else "ranked"
+    return {"status": status, "planned": len(matches),
+            **{s: counts[s] for s in MATCH_STATUSES},
+            "attack_blamed": sum(len(v) for k, v in failures.items() if k[1] == "attack"),
+            "why": "; ".join(why)}
 
 
 def _worst_attack(per_system: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -195,12 +304,15 @@ def _worst_attack(per_system: Iterable[dict[str, Any]]) -> dict[tuple, dict[str,
     return worst
 
 
-def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Number rows 1, 2, ... within each budget; ``rows`` must be sorted by budget first."""
+def _rank(rows: list[dict[str, Any]], ranked=lambda r: True) -> list[dict[str, Any]]:
+    """Number the ``ranked`` rows 1, 2, ... within each budget (the others get ``None``);
+    ``rows`` must be sorted by budget first."""
     prev, rank = None, 0
     for r in rows:
-        rank = 1 if _key(r, BUDGET) != prev else rank + 1
-        r["rank"], prev = rank, _key(r, BUDGET)
+        if _key(r, BUDGET) != prev:
+            prev, rank = _key(r, BUDGET), 0
+        rank += 1 if ranked(r) else 0
+        r["rank"] = rank if ranked(r) else None
     return rows
 
 
@@ -345,10 +457,29 @@ def _sqlite_file(db: str) -> Path | None:
 def problem_matches(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
     """Failed, disqualified and skipped matches with their reasons and errors."""
     mt = m.matches
-    stmt = select(mt.c.id, mt.c.key, mt.c.tournament_id, mt.c.status, *(mt.c[g] for g in GROUP),
+    stmt = select(mt.c.id, mt.c.key, mt.c.tournament_id, mt.c.status, mt.c.blame, *(mt.c[g] for g in GROUP),
                   mt.c.attack, mt.c.seed, mt.c.reason, mt.c.error, mt.c.attempts, mt.c.device)
     stmt = scope(stmt, tournament_id).where(mt.c.status != "done")
     return fetch(engine, stmt.order_by(mt.c.status, mt.c.id))
+
+
+def match_list(engine: Engine, tournament_id: int | None = None,
+               statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Matches of the given shown statuses (:data:`MATCH_STATUSES`; none given: every match),
+    each with its blame, reason and full error as stored."""
+    mt = m.matches
+    pending = and_(mt.c.status == "done", mt.c.verified.is_not(True))
+    stmt = select(mt.c.id, mt.c.key, mt.c.tournament_id, *(mt.c[g] for g in GROUP), mt.c.attack,
+                  mt.c.attack_kind, mt.c.seed, mt.c.status, mt.c.blame, mt.c.verified, mt.c.reason,
+                  mt.c.error, mt.c.attempts)
+    stmt = scope(stmt, tournament_id)
+    if statuses:
+        stmt = stmt.where(or_(*(counted() if s == "done" else pending if s == "pending" else mt.c.status == s
+                                for s in statuses)))
+    rows = fetch(engine, stmt.order_by(mt.c.id))
+    for r in rows:
+        r["status"] = match_status(r)
+    return rows
 
 
 def match_detail(engine: Engine, key: str) -> dict[str, Any] | None:

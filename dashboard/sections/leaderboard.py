@@ -7,7 +7,8 @@ import common
 db, tid = common.db_url(), common.tournament_id()
 st.title("Leaderboard")
 st.caption("Robust PSNR/SSIM: per image, the worst case over the counted attacks; then the mean "
-           "over images (AutoAttack's aggregation). Only finished matches count.")
+           "over images (AutoAttack's aggregation). Only done matches verified by a fresh re-score "
+           "count; a system is ranked only when all its matches are, and the others follow unranked.")
 
 opts = common.view("options", db, tid)
 c1, c2, c3, c4 = st.columns(4)
@@ -25,7 +26,9 @@ if not rows:
     st.stop()
 
 columns = list(common.LEADERBOARD_COLUMNS)
-budgets = common.view("budgets", db, tid)
+# the budgets of the rows themselves: a system with no counted match is listed too (unranked)
+budgets = [dict(zip(("threat", "norm", "eps"), k)) for k in dict.fromkeys((r["threat"], r["norm"], r["eps"])
+                                                                         for r in rows)]
 for threat in dict.fromkeys(b["threat"] for b in budgets):
     st.header(f"{threat} threat model")
     for b in (b for b in budgets if b["threat"] == threat):

@@ -40,9 +40,10 @@ problems = common.view("problem_matches", db, tid)
 if not problems:
     st.success("Every match of this selection finished and was scored.")
 else:
-    for p in problems:
+    for p in problems:  # a plugin's coloured traceback reads as plain text here
         p["command"] = views.reproduce_command(p["key"], db)
-    st.dataframe(common.frame(problems, ["status", "threat", "norm", "eps", "restorer", "defense", "attack",
+        p["reason"], p["error"] = views.strip_ansi(p["reason"]), views.strip_ansi(p["error"])
+    st.dataframe(common.frame(problems, ["status", "blame", "threat", "norm", "eps", "restorer", "defense", "attack",
                                          "seed", "reason", "attempts", "key", "command"]),
                  hide_index=True, key="problems",
                  column_config={"reason": st.column_config.TextColumn("reason", width="large"),

@@ -8,25 +8,17 @@ import torch
 from arena.api import Attack, AttackParams, Field
 from arena.hookspecs import hookimpl
 from arena.threat import objective_loss
-from arena_plugins.attacks.pgd import reference
 
 
 class _Forward(torch.nn.Module):
-    """The Target's differentiable forward as the nn.Module ART's estimators expect; records the
-    gradient at the start point as ``Target.loss_grad`` would."""
+    """The Target's differentiable forward as the nn.Module ART's estimators expect."""
 
     def __init__(self, target):
         super().__init__()
         self.target = target
 
     def forward(self, x):
-        if x.requires_grad and self.target.start_grad is None:
-            x.register_hook(self._record)
         return self.target.forward(x)
-
-    def _record(self, grad):
-        self.target.start_grad = {"finite": bool(torch.isfinite(grad).all()),
-                                  "abs_mean": float(grad.abs().mean())}
 
 
 class _ImageLoss(torch.nn.modules.loss._Loss):
@@ -41,7 +33,7 @@ class _ImageLoss(torch.nn.modules.loss._Loss):
     def forward(self, out, y):
         loss = objective_loss(self.target.objective, out.reshape(y.shape), y)
         self.target.gradient_calls += 1
-        self.target.trace.append(float(loss.detach().mean()))
+        self.target.record(loss)
         return loss.sum()
 
 
@@ -74,7 +66,7 @@ class ART(Attack):
             attack = ProjectedGradientDescent(
                 estimator, eps_step=self.params.step * budget.eps / budget.steps,
                 max_iter=budget.steps, verbose=False, **common)
-        y = reference(target, hq).detach().cpu().numpy()
+        y = target.reference(hq).cpu().numpy()
         x_adv = attack.generate(x=lq.detach().cpu().numpy(), y=y)
         return torch.from_numpy(x_adv).to(lq.device, torch.float32)
 

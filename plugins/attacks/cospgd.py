@@ -6,7 +6,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from arena.api import Field
 from arena.hookspecs import hookimpl
-from arena_plugins.attacks.pgd import PGD, objective, steered_loss_grad
+from arena_plugins.attacks.pgd import PGD, objective
 
 
 def pixel_loss(name: str, out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ class CosPGD(PGD):
             drive = (w.unsqueeze(1) * pixel_loss(target.objective, out, ref)).flatten(1).mean(1)
             return rank(out, ref), drive
 
-        return steered_loss_grad(target, x, hq, steer)
+        return target.loss_grad(x, hq, steer=steer)
 
 
 @hookimpl

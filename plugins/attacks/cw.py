@@ -4,7 +4,6 @@ import torch
 
 from arena.api import Attack, AttackParams, Field
 from arena.hookspecs import hookimpl
-from arena_plugins.attacks.pgd import mean_loss
 
 
 def pick(mask, a, b):
@@ -30,10 +29,13 @@ class CW(Attack):
         lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate in tanh space")
         loss_ratio: float = Field(2.0, gt=1, le=1e6, description="success: loss >= ratio * clean")
 
+    def rounds(self) -> int:
+        return self.params.binary_steps  # each binary-search step is a run of budget.steps
+
     def perturb(self, target, lq, hq, budget, generator):
         p, n, dev = self.params, lq.shape[0], lq.device
         # The floor keeps the goal meaningful where the clean loss is ~0 (mse_clean).
-        goal = p.loss_ratio * mean_loss(target, lq, hq).clamp_min(1e-4)
+        goal = p.loss_ratio * target.mean_loss(lq, hq).clamp_min(1e-4)
         w0 = torch.atanh((2 * lq - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         inf = torch.full((n,), torch.inf, device=dev)
         c, lo, hi = torch.full((n,), p.c_init, device=dev), torch.zeros(n, device=dev), inf

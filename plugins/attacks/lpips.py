@@ -8,7 +8,7 @@ import torch
 
 from arena.api import Field
 from arena.hookspecs import hookimpl
-from arena_plugins.attacks.pgd import PGD, reference, steered_loss_grad
+from arena_plugins.attacks.pgd import PGD
 
 #: torchvision checkpoints LPIPS builds its backbone from (it downloads them on first use).
 BACKBONES = {"alex": "alexnet-owt-*.pth", "vgg": "vgg16-*.pth", "squeeze": "squeezenet1_1-*.pth"}
@@ -51,11 +51,11 @@ class LPIPSAttack(PGD):
         return d, d
 
     def gradient(self, target, x, hq):
-        return steered_loss_grad(target, x, hq, self.distance)
+        return target.loss_grad(x, hq, steer=self.distance)
 
     def score(self, target, x, hq):
         with torch.no_grad():
-            ref = reference(target, hq)
+            ref = target.reference(hq)
             draws = [self.distance(target.forward(x), ref)[0] for _ in range(target.eot)]
             return sum(draws) / target.eot
 

@@ -2,8 +2,8 @@
 
 Several attacks of the suite are PGD with one piece changed (the start, the step direction, the
 loss that steers the step, the system it is crafted on): they subclass ``PGD`` and override
-``gradient``, ``score`` or ``climb``. ``steered_loss_grad`` serves attacks whose step follows a
-loss other than the match's objective (CosPGD, LPIPS).
+``gradient``, ``score`` or ``climb``. Attacks whose step follows a loss other than the match's
+objective (CosPGD, LPIPS) pass ``steer`` to ``target.loss_grad``.
 """
 
 import torch
@@ -11,46 +11,6 @@ import torch
 from arena.api import Attack, AttackParams, Field
 from arena.hookspecs import hookimpl
 from arena.threat import objective_loss
-
-
-def mean_loss(target, x, hq):
-    """Objective at x without gradient, averaged over as many draws as ``loss_grad`` uses, so
-    the last iterate is ranked on the same footing as the others."""
-    with torch.no_grad():
-        return sum(target.loss(x, hq) for _ in range(target.eot)) / target.eot
-
-
-def reference(target, hq):
-    """What the objective compares the output with: the clean output for mse_clean, else hq."""
-    if target.objective != "mse_clean":
-        return hq
-    if target.clean_out is None:
-        raise ValueError("objective 'mse_clean' needs the clean output")
-    return target.clean_out
-
-
-def steered_loss_grad(target, x, hq, steer):
-    """``target.loss_grad`` for a step that follows another loss.
-
-    ``steer(out, ref)`` returns ``(rank, drive)``, two per-image losses: ``rank`` decides which
-    iterate is kept, ``drive`` is differentiated. Averaged over EOT draws and recorded in the
-    target's trace like ``loss_grad``.
-    """
-    x = x.detach().requires_grad_(True)
-    ref = reference(target, hq)
-    rank_sum, grad_sum = torch.zeros(x.shape[0], device=x.device), torch.zeros_like(x)
-    for _ in range(target.eot):
-        rank, drive = steer(target.forward(x), ref)
-        (grad,) = torch.autograd.grad(drive.sum(), x)
-        rank_sum += rank.detach()
-        grad_sum += grad
-    rank, grad = rank_sum / target.eot, grad_sum / target.eot
-    if target.start_grad is None:
-        target.start_grad = {"finite": bool(torch.isfinite(grad).all()),
-                             "abs_mean": float(grad.abs().mean())}
-    target.gradient_calls += 1
-    target.trace.append(float(rank.mean()))
-    return rank, grad
 
 
 def objective(target):
@@ -87,7 +47,7 @@ class PGD(Attack):
 
     def score(self, target, x, hq):
         """The ranking loss of ``gradient`` without the gradient (for the last iterate)."""
-        return mean_loss(target, x, hq)
+        return target.mean_loss(x, hq)
 
     def climb(self, target, x, lq, hq, budget, best, best_loss):
         alpha = self.params.step * budget.eps / budget.steps

@@ -17,11 +17,6 @@ def dct_matrix(n: int, device=None) -> torch.Tensor:
     return m
 
 
-def queries_left(target, budget) -> int:
-    used = 0 if target.queries is None else int(target.queries.max())
-    return budget.queries - used
-
-
 class SimBA(Attack):
     """SimBA, simple black-box attack (Guo et al., ICML 2019), in the pixel or DCT basis.
 
@@ -46,12 +41,12 @@ class SimBA(Attack):
         dct = (dct_matrix(h, lq.device), dct_matrix(w, lq.device))
         x, loss = lq, target.query(lq, hq)
         for t in range(min(self.params.iterations, order.shape[1])):
-            if queries_left(target, budget) < 1:
+            if target.queries_left() < 1:
                 break
             q = self.direction(order[:, t], lq.shape, rows, dct) * self.params.step
             keep = torch.zeros(n, dtype=torch.bool, device=lq.device)
             for sign in (-1.0, 1.0):
-                if keep.all() or queries_left(target, budget) < 1:
+                if keep.all() or target.queries_left() < 1:
                     break
                 cand = self.project(x + sign * q, lq, budget)
                 cand_loss = target.query(cand, hq)

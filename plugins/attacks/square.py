@@ -4,7 +4,6 @@ import torch
 
 from arena.api import Attack, AttackParams, Field
 from arena.hookspecs import hookimpl
-from arena_plugins.attacks.simba import queries_left
 
 # Iterations (out of 10 000) at which the patch area halves, as in the paper's schedule.
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -34,7 +33,7 @@ class Square(Attack):
         x = (lq + scale * stripes).clamp(0, 1)
         loss = target.query(x, hq)
         for i in range(total):
-            if queries_left(target, budget) < 1:
+            if target.queries_left() < 1:
                 break
             cand = self.propose(x, lq, budget, i, total, generator)
             cand_loss = target.query(cand, hq)

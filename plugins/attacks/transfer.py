@@ -2,11 +2,8 @@
 
 from typing import Any
 
-import torch
-
 from arena.api import Field
 from arena.hookspecs import hookimpl
-from arena.threat import Target
 from arena_plugins.attacks.pgd import PGD
 
 
@@ -21,14 +18,8 @@ class Transfer(PGD):
         surrogate_params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
 
     def perturb(self, target, lq, hq, budget, generator):
-        make = getattr(target, "surrogate", None)
-        if make is None:
-            raise RuntimeError("the transfer attack needs target.surrogate(name, params) -> "
-                               "System, which the arena's worker sets")
-        system = make(self.params.surrogate, self.params.surrogate_params or None)
-        with torch.no_grad():  # mse_clean on the surrogate means: away from its own clean output
-            clean = system.restore(lq).clamp(0, 1)
-        proxy = Target(system, "oblivious", self.params.objective, generator, clean_out=clean)
+        # a white-box target over the undefended surrogate, under the same evaluation bound
+        proxy = target.surrogate(self.params.surrogate, self.params.surrogate_params or None)
         return super().perturb(proxy, lq, hq, budget, generator)
 
 
