@@ -22,22 +22,11 @@ class ArenaGroup(click.Group):
     """Turns the arena's own user-facing errors into one clean line instead of a traceback."""
 
     def invoke(self, ctx):
-        from arena.api import ConfigError
-        from arena.plugins import PluginError
-        from arena.run.executors import ExecutorError
-        from arena.store.db import DatabaseError
-        from arena.store.migrations import SchemaError
-        from arena.weights import WeightsError
+        from arena.errors import ArenaError  # the base of every user-facing error (arena.api)
 
-        known = (ConfigError, PluginError, ExecutorError, DatabaseError, SchemaError, WeightsError)
-        try:
-            data_error = __import__("arena.data", fromlist=["DataError"]).DataError
-            known = known + (data_error,)
-        except (ImportError, AttributeError):  # pragma: no cover
-            pass
         try:
             return super().invoke(ctx)
-        except known as exc:
+        except ArenaError as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -340,7 +329,8 @@ def reproduce(key, db, device):
     r = run_again(open_reader(db), key, device)
     click.echo(f"match {r['key']}: stored {r['stored_adv_psnr']:.4f} dB on {r['stored_device']}, "
                f"rerun {r['rerun_adv_psnr']:.4f} dB on {r['device']}; largest per-image difference "
-               f"{r['max_abs_diff_db']:.2e} dB (tolerance {r['tolerance_db']:g})")
+               f"{r['max_abs_diff_db']:.2e} dB (tolerance {r['tolerance_db']:g}); adversarial batch "
+               f"differs from the stored one by {r['max_adv_diff']:.2e} at most (tolerance {r['adv_tolerance']:g})")
     click.echo("reproduced" if r["same"] else "NOT reproduced")
     sys.exit(0 if r["same"] else 1)
 
@@ -439,6 +429,33 @@ def report(db, out):
 
     for path in write_report(db, out):
         click.echo(path)
+
+
+@main.command()
+@click.argument("key")
+@DB_OPTION
+@click.option("--out", default=None, help="Output file (default: adversarial-KEY.safetensors).")
+def adversarial(key, db, out):
+    """Save the adversarial batch a stored match (KEY or a unique prefix) was scored on, as
+    safetensors (tensor 'adv', float32 N x 3 x H x W; metadata: key, images, match spec)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from arena.store import queries
+    from arena.store.db import open_reader
+    from arena.verify import stored_match
+
+    engine = open_reader(db)
+    row = stored_match(engine, key)
+    adv = queries.adversarial(engine, row["id"])
+    if adv is None:
+        raise click.ClickException(f"match {row['key']} has no stored adversarial batch (status {row['status']})")
+    images = [s["image"] for s in sorted(queries.scores_of(engine, row["id"]), key=lambda s: s["id"])]
+    path = out or f"adversarial-{row['key']}.safetensors"
+    save_file({"adv": adv}, path, metadata={"key": row["key"], "images": json.dumps(images),
+                                            "spec": json.dumps(row["spec"])})
+    click.echo(f"{path}: {adv.shape[0]} images {adv.shape[2]}x{adv.shape[3]}, match {row['key']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,11 +18,13 @@ from arena.store import queries
 
 #: Same device, same seed: scores must agree to this many dB (float reduction order only).
 REPRODUCE_TOLERANCE_DB = 1e-3
+#: ...and the re-crafted adversarial batch must equal the stored one up to this (per pixel).
+REPRODUCE_ADV_TOLERANCE = 1e-5
 #: Doubling the steps may move the score by at most this much before a match is flagged.
 CONVERGENCE_TOLERANCE_DB = 0.5
 
 
-def _stored(engine, key: str) -> dict[str, Any]:
+def stored_match(engine, key: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(m.matches).where(m.matches.c.key.startswith(key))).mappings().all()
     if not row:
@@ -49,17 +51,22 @@ def _mean(scores: list[dict[str, Any]], field: str = "adv_psnr") -> float:
 
 def reproduce(engine, key: str, device: str | None = None) -> dict[str, Any]:
     """Re-run one stored match alone and compare its per-image scores with the stored ones."""
-    row = _stored(engine, key)
+    row = stored_match(engine, key)
     if row["status"] != "done":
         raise ConfigError(f"match {row['key']} is {row['status']}; only scored matches can be reproduced")
     result = rerun(Match(**row["spec"]), device)
     stored = {s["image"]: s for s in queries.scores_of(engine, row["id"])}
     diffs = [abs(s["adv_psnr"] - stored[s["image"]]["adv_psnr"]) for s in result["scores"]]
     worst = max(diffs) if diffs else float("inf")
+    kept, again = queries.adversarial(engine, row["id"]), result.get("adv")
+    adv_diff = (float(abs(kept - again).max()) if kept is not None and again is not None
+                and kept.shape == again.shape else float("inf"))
     return {"key": row["key"], "status": result["status"], "stored_adv_psnr": _mean(list(stored.values())),
             "rerun_adv_psnr": _mean(result["scores"]) if result["scores"] else None,
             "max_abs_diff_db": worst, "tolerance_db": REPRODUCE_TOLERANCE_DB,
-            "same": result["status"] == "done" and worst <= REPRODUCE_TOLERANCE_DB,
+            "max_adv_diff": adv_diff, "adv_tolerance": REPRODUCE_ADV_TOLERANCE,
+            "same": result["status"] == "done" and worst <= REPRODUCE_TOLERANCE_DB
+            and adv_diff <= REPRODUCE_ADV_TOLERANCE,
             "device": result["device"], "stored_device": row["device"]}
 
 
@@ -86,7 +93,9 @@ def verify(engine, sample: int = 4, seed: int = 0, tolerance: float = CONVERGENC
 
 
 def not_converged_flags(results: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
-    return [{"threat": r["threat"], "norm": r["norm"], "eps": r["eps"], "restorer": r["restorer"],
-             "defense": r["defense"], "attack": r["attack"], "flag": "not-converged",
+    """Flags for ``store_flags(..., rerun=True)``: each names its match (``key``), so that it is
+    shown only by the tournaments that include that match."""
+    return [{"key": r["key"], "threat": r["threat"], "norm": r["norm"], "eps": r["eps"],
+             "restorer": r["restorer"], "defense": r["defense"], "attack": r["attack"], "flag": "not-converged",
              "reason": f"twice the steps and a new seed move the score by {r['moved_db']:+.2f} dB "
                        f"(tolerance {tolerance} dB)"} for r in results if not r["converged"]]

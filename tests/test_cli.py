@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from arena.cli import main
@@ -75,8 +76,42 @@ def test_run_local_then_leaderboard_and_reproduce(tmp_path):
     key = sqlite3.connect(db).execute("select key from matches").fetchone()[0]
     res = run("reproduce", key[:8], "--db", db)
     assert res.exit_code == 0 and "reproduced" in res.output
+    assert "adversarial batch differs from the stored one by 0.00e+00" in res.output
     res = CliRunner().invoke(main, ["reproduce", "zzzz", "--db", db])
     assert res.exit_code == 1 and "no stored match" in res.output
+    # the stored batch downloads losslessly, and re-scoring it gives the stored scores
+    from safetensors.numpy import load_file
+
+    out = str(tmp_path / "adv.safetensors")
+    res = run("adversarial", key[:8], "--db", db, "--out", out)
+    assert res.exit_code == 0 and key in res.output
+    adv = load_file(out)["adv"]
+    con = sqlite3.connect(db)
+    spec = json.loads(con.execute("select spec from matches where key = ?", (key,)).fetchone()[0])
+    stored = [r[0] for r in con.execute("select s.adv_psnr from scores s join matches m on m.id = s.match_id "
+                                         "where m.key = ? order by s.id", (key,))]
+    assert rescored_psnr(spec, adv) == pytest.approx(stored, abs=1e-4)
+
+
+def rescored_psnr(spec, adv):
+    """Score a downloaded batch by hand: the restorer and defense of the match, its seed."""
+    import torch
+
+    from arena.data import load_data
+    from arena.match import generator
+    from arena.metrics import psnr
+    from arena.plugins import load_registry
+    from arena.threat import System
+
+    registry = load_registry()
+    d = spec["data"]
+    data = load_data(d["name"], d["split"], images=d["images"], size=d["size"], seed=d["seed"])
+    r = spec["restorer"]
+    model = registry.create("restorer", r["name"], r["params"]).load("cpu")
+    links = [registry.create("defense", x["name"], x["params"]) for x in spec["defense"]]
+    code = data.code if registry.get("restorer", r["name"]).cls.needs_psf else None
+    out = System(model, links, code)(torch.from_numpy(adv), generator(spec["seed"]))
+    return psnr(out, data.hq).tolist()
 
 
 def test_plugins_check_reports_failures():

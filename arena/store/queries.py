@@ -85,9 +85,11 @@ def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict
     return fetch(engine, stmt)
 
 
-def flags_by_system(engine: Engine) -> dict[tuple, list[str]]:
+def flags_by_system(engine: Engine, tournament_id: int | None = None) -> dict[tuple, list[str]]:
+    from arena.flags import tournament_flags  # the flags build on this module
+
     out: dict[tuple, list[str]] = {}
-    for r in fetch(engine, select(m.flags)):
+    for r in tournament_flags(engine, tournament_id):
         k = tuple(r[g] for g in GROUP)
         out.setdefault(k, []).append(f"{r['flag']}: {r['reason']}")
     return out
@@ -114,6 +116,25 @@ def tournaments(engine: Engine) -> list[dict[str, Any]]:
 def latest_tournament_id(engine: Engine) -> int | None:
     rows = tournaments(engine)
     return rows[0]["id"] if rows else None
+
+
+def unpack(row: dict[str, Any]):
+    """A stored adversarial batch as a float32 array, checked against its hash."""
+    import hashlib
+    import zlib
+
+    import numpy as np
+
+    raw = zlib.decompress(row["data"])
+    if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+        raise ValueError("stored adversarial batch does not match its hash")
+    return np.frombuffer(raw, dtype=np.float32).reshape(row["shape"]).copy()
+
+
+def adversarial(engine: Engine, match_id: int):
+    """The adversarial batch a finished match was scored on (float32 (N, 3, H, W)), or None."""
+    rows = fetch(engine, select(m.adversarial).where(m.adversarial.c.match_id == match_id))
+    return unpack(rows[0]) if rows else None
 
 
 def scores_of(engine: Engine, match_id: int) -> list[dict[str, Any]]:

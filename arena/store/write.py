@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
+from arena.store.queries import unpack
 
 
 def _now() -> datetime:
@@ -109,16 +110,6 @@ def _pack(adv) -> dict[str, Any]:
 
     raw = np.ascontiguousarray(adv, dtype=np.float32).tobytes()
     return {"shape": list(adv.shape), "sha256": hashlib.sha256(raw).hexdigest(), "data": zlib.compress(raw, 1)}
-
-
-def unpack(row: dict[str, Any]):
-    """The stored adversarial batch as a float32 array, checked against its hash."""
-    import numpy as np
-
-    raw = zlib.decompress(row["data"])
-    if hashlib.sha256(raw).hexdigest() != row["sha256"]:
-        raise ValueError("stored adversarial batch does not match its hash")
-    return np.frombuffer(raw, dtype=np.float32).reshape(row["shape"]).copy()
 
 
 def unverified(engine: Engine, tournament_id: int) -> list[dict[str, Any]]:
