@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from arena.errors import ArenaError  # defined torch-free, so the store's errors derive from it too
+
 if TYPE_CHECKING:  # pragma: no cover
     from arena.data import UDCData
 
 
-class ConfigError(ValueError):
+class ConfigError(ArenaError, ValueError):
     """A one-line, user-facing configuration error."""
 
 
@@ -374,6 +376,7 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ArenaError",
     "Attack",
     "AttackKind",
     "AttackParams",

@@ -18,11 +18,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from arena.api import Attack, RuleViolation, SystemFault
+from arena.api import MAX_ROUNDS, Attack, RuleViolation, SystemFault
 from arena.data import UDCData
 from arena.metrics import psnr, ssim
 from arena.plan import Match
-from arena.threat import QueryTarget, System, make_target, verify
+from arena.threat import Ledger, System, make_target, verify
 
 #: dB by which a fresh system's score of a stored adversarial batch may differ from the warm
 #: worker's before the system is disqualified as stateful (float noise is ~1e-5 dB).
@@ -132,9 +132,12 @@ def probe(system: System, fresh: Callable[[], System], like: torch.Tensor, seed:
         other = system(z2.clone(), generator(seed + 7))
         anew = fresh()(z2.clone(), generator(seed))
     except SystemFault as exc:
-        out["violation"] = f"probe: {exc}"
+        out["fault"] = f"probe: {exc}"
         return out
     out["random_declared"], out["random_observed"] = system.random, _differ(after, other)
+    if not all(bool(torch.isfinite(y).all()) for y in (after, again, other, anew)):
+        out["fault"] = "probe: the system returned non-finite values"
+        return out
     if _differ(after, again):
         out["violation"] = ("probe: the same input and generator state gave different outputs: the "
                             "defended system draws randomness outside its generator or keeps state")
@@ -177,62 +180,101 @@ def _probe_gradient(system: System, x: torch.Tensor, seed: int) -> dict[str, Any
 # --------------------------------------------------------------------------------------------
 
 
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
+              "_load_state_dict_pre_hooks")
+
+
+def module_state(model: torch.nn.Module) -> tuple:
+    """What an attack could change about a module tree without touching a weight: its hooks,
+    its instance attributes (a replaced ``forward``), its train/eval mode."""
+    return tuple((name, type(m), m.training, tuple(tuple(getattr(m, d, {})) for d in HOOK_DICTS),
+                  tuple(sorted(vars(m))), id(vars(m).get("forward")))
+                 for name, m in model.named_modules())
+
+
+def _global_hooks() -> tuple:
+    mod = torch.nn.modules.module
+    return tuple(tuple(getattr(mod, n, {})) for n in dir(mod) if n.startswith("_global_") and n.endswith("hooks"))
+
+
 class Watch:
-    """Counts the rows every watched restorer module sees while armed, so that evaluations
-    made around the oracle (reaching the model through Python's back doors) show up."""
+    """The worker's own view of what an attack did, beside the oracle's ledger: the rows every
+    watched restorer module sees while armed, and whether its hooks, attributes or mode, or
+    torch's global module hooks, changed. Evaluations made around the oracle (Python's back
+    doors: the garbage collector, private attributes) show up here."""
 
     def __init__(self):
         self.armed = False
         self.rows: dict[int, int] = {}
+        self.grad_rows = 0  # rows seen with gradients enabled: each one is an evaluation
         self.strangers = 0  # module forwards outside any oracle call (score-based attacks)
-        self._oracles: list[QueryTarget] = []
+        self.ledger = None
+        self._state: dict[int, tuple] = {}
+        self._globals: tuple = ()
         self._global = None
 
     def watch(self, model: torch.nn.Module) -> None:
         def count(module, args):
             if self.armed:
-                self.rows[id(module)] = self.rows.get(id(module), 0) + int(args[0].shape[0])
+                n = int(args[0].shape[0])
+                self.rows[id(module)] = self.rows.get(id(module), 0) + n
+                self.grad_rows += n if torch.is_grad_enabled() else 0
         model.register_forward_pre_hook(count)
+        self._state[id(model)] = module_state(model)
 
-    def arm(self, oracle: QueryTarget, only_oracle: bool) -> None:
-        self.armed, self.rows, self.strangers, self._oracles = True, {}, 0, [oracle]
+    def arm(self, ledger, only_oracle: bool) -> None:
+        self.armed, self.rows, self.grad_rows, self.strangers, self.ledger = True, {}, 0, 0, ledger
         if only_oracle:  # a score-based attack runs no network of its own
 
             def any_module(module, args):
-                if not any(o.inside for o in self._oracles):
+                if not ledger.inside:
                     self.strangers += 1
             self._global = torch.nn.modules.module.register_module_forward_pre_hook(any_module)
+        self._globals = _global_hooks()
 
-    def disarm(self) -> None:
+    def disarm(self) -> str | None:
+        """Stop counting; say if torch's global hooks changed while armed."""
         self.armed = False
+        changed = _global_hooks() != self._globals
         if self._global is not None:
             self._global.remove()
             self._global = None
+        return "the attack changed torch's global module hooks" if changed else None
 
-    def problem(self, oracle: QueryTarget, models: dict[int, torch.nn.Module]) -> str | None:
+    def tampered(self, model: torch.nn.Module) -> bool:
+        """Whether the module tree's hooks, attributes or mode differ from when it was loaded."""
+        return module_state(model) != self._state.get(id(model))
+
+    def problem(self, kind: str, models: dict[int, torch.nn.Module], row_limit: int,
+                grad_limit: int | None) -> str | None:
         if self.strangers:
-            return f"a {oracle.kind} attack ran a neural network outside its target ({self.strangers} calls)"
-        oracles = [oracle, *getattr(oracle, "made", [])]
-        expected: dict[int, int] = {}
-        for o in oracles:
-            key = id(o._system.model)
-            expected[key] = expected.get(key, 0) + o.model_rows
-        for key in set(expected) | set(self.rows):
-            if key not in models:
-                continue
-            seen, allowed = self.rows.get(key, 0), expected.get(key, 0)
-            if seen > allowed:
+            return f"a {kind} attack ran a neural network outside its target ({self.strangers} calls)"
+        if grad_limit is not None and self.grad_rows > grad_limit:
+            return (f"the restorer ran {self.grad_rows} images with gradients during the attack, more "
+                    f"than its bound of {grad_limit} evaluations")
+        passed = self.ledger.model_rows
+        for key in set(passed) | set(self.rows):
+            seen, allowed = self.rows.get(key, 0), passed.get(key, 0)
+            if key in models and seen > allowed:
                 return f"the attack evaluated the restorer outside its target ({seen - allowed} uncounted images)"
-            if seen < allowed:
-                return "the attack tampered with the arena's hooks on the restorer"
+            if key in models and seen < allowed:
+                return "the attack tampered with the arena's count of what the restorer saw"
+        seen = sum(self.rows.get(k, 0) for k in models)
+        if seen > row_limit:
+            return f"the restorer saw {seen} images during the attack, more than its bound of {row_limit}"
         return None
 
 
 def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean: Clean, *,
              samples: int = 0, surrogates: Callable | None = None, watch: Watch | None = None,
              models: dict[int, torch.nn.Module] | None = None,
-             integrity: Callable[[], str | None] = lambda: None) -> Outcome:
-    """Attack the system on copies of the data; check the rules; score clean and adversarial."""
+             integrity: Callable[[], str | None] = lambda: None,
+             rebuild: Callable[[], System] | None = None) -> Outcome:
+    """Attack the system on copies of the data; check the rules; score clean and adversarial.
+
+    ``rebuild`` gives the system that scores the result: a new one, so nothing the attack did
+    to the instance it attacked (or its target's private parts) reaches the score."""
     device = clean.out.device
     lq, hq = data.lq.to(device), data.hq.to(device)
     if device.type == "cuda":
@@ -241,15 +283,20 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     if match.threat == "oblivious" and attack.params.objective == "mse_clean":
         with torch.no_grad():
             reference = system.restore(lq.clone()).clamp(0, 1)
-    rounds = min(max(int(attack.rounds()), 1), 100)
-    target = make_target(attack.kind, system, match.threat, attack.params.objective,
+    kind = match.attack_kind  # what the class declared when the tournament was planned
+    rounds = min(max(int(attack.rounds()), 1), MAX_ROUNDS)
+    eot = match.eot if (match.threat == "adaptive" and system.random) else 1
+    limit = match.budget.evaluation_limit(len(lq), rounds, eot) if kind in ("white-box", "transfer") else None
+    row_limit = (limit or 0) + len(lq) * match.budget.queries
+    ledger = Ledger(len(lq))
+    target = make_target(kind, system, match.threat, attack.params.objective,
                          generator(match.seed + 1), eot=match.eot, clean_out=reference.clone(),
                          hq=hq.clone(), lq=lq.clone(), budget=match.budget, rounds=rounds,
-                         surrogates=surrogates)
+                         surrogates=surrogates, ledger=ledger)
     t0 = time.perf_counter()
-    x_adv, caught = None, None
+    x_adv, caught, hooks = None, None, None
     if watch is not None:
-        watch.arm(target, only_oracle=attack.kind in ("score-based", "decision-free"))
+        watch.arm(ledger, only_oracle=kind in ("score-based", "decision-free"))
     try:
         x_adv = attack.run(target, lq.clone(), hq.clone(), match.budget, generator(match.seed + 2))
     except BaseException as exc:  # noqa: BLE001 - a timeout must pass, everything else is judged
@@ -258,31 +305,31 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
         caught = exc
     finally:
         if watch is not None:
-            watch.disarm()
+            hooks = watch.disarm()
     _sync(device)
-    outcome = Outcome("done", trace=target.trace, start_grad=target.start_grad,
-                      gradient_calls=target.gradient_calls, eot_used=target.eot,
-                      evaluations=target.evaluations + sum(p.evaluations for p in getattr(target, "made", [])),
-                      evaluation_limit=(match.budget.evaluation_limit(len(lq), rounds, target.eot)
-                                        if attack.kind in ("white-box", "transfer") else None))
+    outcome = Outcome("done", trace=list(target.trace), start_grad=target.start_grad,
+                      gradient_calls=int(target.gradient_calls), eot_used=eot,
+                      evaluations=ledger.evaluations, evaluation_limit=limit)
     outcome.timings = {"clean": clean.time_s, "attack": time.perf_counter() - t0}
-    problem = (target.violation
-               or (watch.problem(target, models or {}) if watch is not None else None)
-               or integrity())
+    repaired = integrity()  # always: whatever was damaged is put back before the next match
+    problem = (ledger.violation or hooks
+               or (watch.problem(kind, models or {}, row_limit, limit or 0) if watch is not None else None)
+               or (f"the attack changed its declared kind to '{attack.kind}'" if attack.kind != kind else None)
+               or repaired)
     if problem:
         return _judged(outcome, "disqualified", "attack", problem, caught)
-    if target.fault or isinstance(caught, SystemFault):
-        return _judged(outcome, "failed", "system", target.fault or str(caught), caught)
+    if ledger.fault:
+        return _judged(outcome, "failed", "system", ledger.fault, caught)
     if caught is not None:
         return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
-    problem = verify(x_adv, lq, match.budget, target.queries)
+    problem = verify(x_adv, lq, match.budget, ledger.queries)
     if problem:
         return _judged(outcome, "disqualified", "attack", problem)
-    x_adv = x_adv.detach().float().clone()
+    x_adv = x_adv.detach().clone()
     outcome.adv = x_adv.cpu().numpy().copy()
     t1 = time.perf_counter()
     try:
-        adv_out = system(x_adv.clone(), generator(match.seed))  # same defense draw as the clean pass
+        adv_out = (rebuild() if rebuild else system)(x_adv.clone(), generator(match.seed))  # the clean pass's draw
     except SystemFault as exc:
         return _judged(outcome, "failed", "system", str(exc), exc)
     problem = integrity()
@@ -291,7 +338,7 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     if not torch.isfinite(adv_out).all():
         return _judged(outcome, "failed", "system", "the system returned non-finite values on the adversarial input")
     outcome.timings["eval"] = time.perf_counter() - t1
-    outcome.scores = score_rows(data.ids, clean, adv_out, hq, x_adv, lq, target.queries)
+    outcome.scores = score_rows(data.ids, clean, adv_out, hq, x_adv, lq, ledger.queries)
     outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
     if device.type == "cuda":
         outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20

@@ -43,6 +43,15 @@ class DataSpec(BaseModel):
     size: int = Field(32, ge=8, le=4096)
     seed: int = 0
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from arena.data import DATASETS  # imported when used: importing arena.plan stays light
+
+        if v not in DATASETS:
+            raise ValueError(f"must be one of {', '.join(DATASETS)}")
+        return v
+
 
 class Tournament(BaseModel):
     """The validated tournament config (TOML)."""
@@ -150,7 +159,27 @@ def _chain(registry: Registry, raw: dict[str, Any]) -> tuple[Spec, ...]:
             f"defense chain '{raw['name']}': unknown key(s) {sorted(extra)}; parameters of a chain "
             f"go in tables named after its links ({', '.join(names)})"
         )
-    return tuple(_spec(registry, "defense", {"name": n, **raw.get(n, {})}) for n in names)
+    links = tuple(_spec(registry, "defense", {"name": n, **raw.get(n, {})}) for n in names)
+    hardening = [s.name for s in links if registry.get("defense", s.name, allow_unavailable=True).cls.hardens]
+    if len(hardening) > 1:
+        raise ConfigError(f"defense chain '{raw['name']}' has more than one hardening link "
+                          f"({', '.join(hardening)}): a chain may change the weights only once")
+    return links
+
+
+def _surrogate(registry: Registry, attack: Spec) -> tuple[Spec, ...]:
+    """A transfer attack's surrogate restorer (``surrogate`` in its parameters), checked now:
+    the worker would otherwise meet an unknown name only in the middle of every match."""
+    name = attack.params.get("surrogate")
+    if not isinstance(name, str):
+        return ()
+    if name not in registry.entries["restorer"] and not registry.broken:
+        allowed = ", ".join(sorted(registry.entries["restorer"])) or "none registered"
+        raise ConfigError(f"attack '{attack.name}': surrogate '{name}' is not a registered restorer "
+                          f"(registered: {allowed})")
+    entry = registry.get("restorer", name, allow_unavailable=True)  # a broken plugin's: skipped
+    params = entry.cls.validate(attack.params.get("surrogate_params") or {})
+    return (Spec(name=name, params=params.model_dump(mode="json")),)
 
 
 def plan(t: Tournament, registry: Registry) -> list[Match]:
@@ -158,6 +187,7 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
     restorers = [_spec(registry, "restorer", _as_dict(r, "restorer")) for r in t.restorers]
     defenses = [_chain(registry, _as_dict(d, "defense")) for d in t.defenses]
     attacks = [_spec(registry, "attack", _as_dict(a, "attack")) for a in t.attacks]
+    surrogates = {a.model_dump_json(): _surrogate(registry, a) for a in attacks}
     for role, specs in (("restorer", restorers), ("attack", attacks)):
         names = [s.model_dump_json() for s in specs]
         if len(set(names)) != len(names):
@@ -168,7 +198,8 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
         t.threat_models, t.budgets, restorers, defenses, attacks, t.seeds or [t.seed]
     ):
         reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
-                       for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d))
+                       for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d),
+                                       *(("restorer", x) for x in surrogates[a.model_dump_json()]))
                        for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
         if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
             reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"

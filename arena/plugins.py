@@ -21,7 +21,7 @@ import pluggy
 from pydantic import ConfigDict
 
 from arena import hookspecs
-from arena.api import Attack, Component, ConfigError, Defense, Params, Restorer
+from arena.api import ArenaError, Attack, Component, ConfigError, Defense, Params, Restorer
 
 ENTRY_POINT_GROUP = "arena"
 ROLES: dict[str, tuple[str, type[Component]]] = {
@@ -36,7 +36,7 @@ STRICT = False
 log = logging.getLogger(__name__)
 
 
-class PluginError(RuntimeError):
+class PluginError(ArenaError, RuntimeError):
     """A plugin could not be loaded or registered something invalid."""
 
 

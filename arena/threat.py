@@ -28,7 +28,7 @@ NORM_ATOL = 1e-6
 #: Slack on the [0, 1] range of what an attack feeds its target (float rounding only).
 RANGE_ATOL = 1e-6
 
-__all__ = ["Budget", "System", "Target", "QueryTarget", "TransferTarget", "make_target", "verify"]
+__all__ = ["Budget", "Ledger", "System", "Target", "QueryTarget", "TransferTarget", "make_target", "verify"]
 
 
 def _faults(what: str):
@@ -98,6 +98,20 @@ def objective_loss(objective: str, out: torch.Tensor, ref: torch.Tensor) -> torc
     raise ValueError(f"unknown objective '{objective}' (allowed: mse, mse_clean, l1, ssim)")
 
 
+class Ledger:
+    """The arena's record of one attack: what it spent and the first rule it broke or fault it
+    met. Held by the worker and shared by the oracles of the match (a transfer attack's
+    surrogates spend from the same bound); attacks see read-only views of it."""
+
+    def __init__(self, images: int = 0):
+        self.queries = torch.zeros(images, dtype=torch.long) if images else None
+        self.evaluations = 0  # rows through forward, each EOT draw counted
+        self.model_rows: dict[int, int] = {}  # id(model) -> rows the oracles passed to it
+        self.violation: str | None = None
+        self.fault: str | None = None
+        self.inside = 0  # > 0 while an oracle itself runs the system
+
+
 class QueryTarget:
     """The oracle of score-based and decision-free attacks: ``query`` and nothing that reaches
     the model. With ``hq`` and ``budget`` given (as in every match) it is strict: the reference
@@ -111,7 +125,8 @@ class QueryTarget:
 
     def __init__(self, system: System, threat: ThreatModel, objective: str,
                  generator: torch.Generator, eot: int = 1, clean_out: torch.Tensor | None = None,
-                 *, hq: torch.Tensor | None = None, budget: Budget | None = None, rounds: int = 1):
+                 *, hq: torch.Tensor | None = None, budget: Budget | None = None, rounds: int = 1,
+                 ledger: Ledger | None = None):
         self._system = system
         self.threat = threat
         self.objective = objective
@@ -121,23 +136,35 @@ class QueryTarget:
         self._hq = hq
         self._budget = budget
         self._rounds = rounds
+        self._ledger = ledger or Ledger(int(hq.shape[0]) if hq is not None else 0)
         self.device = next(iter(system.model.parameters()), torch.empty(0)).device
-        self.queries: torch.Tensor | None = None
-        self.evaluations = 0  # rows through forward, each EOT draw counted
-        self.model_rows = 0  # rows this oracle passed to the restorer (checked by the worker)
         self.gradient_calls = 0
         self.trace: list[float] = []  # mean loss per gradient call: the convergence record
         self.start_grad: dict[str, float] | None = None
-        self.violation: str | None = None
-        self.fault: str | None = None
-        self.inside = False  # True while the oracle itself runs the system
 
     def __getattr__(self, name: str):
         if name in QueryTarget.WHITE_BOX:
             self._break(f"a {self.kind} attack may only query its target; it used '{name}'")
         raise AttributeError(name)
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    # -- bookkeeping: read-only views of the ledger --------------------------------------------
+
+    @property
+    def queries(self) -> torch.Tensor | None:
+        q = self._ledger.queries
+        return None if q is None or not bool(q.any()) else q.clone()
+
+    @property
+    def evaluations(self) -> int:
+        return self._ledger.evaluations
+
+    @property
+    def violation(self) -> str | None:
+        return self._ledger.violation
+
+    @property
+    def fault(self) -> str | None:
+        return self._ledger.fault
 
     @property
     def strict(self) -> bool:
@@ -148,24 +175,25 @@ class QueryTarget:
         return int(self._hq.shape[0]) if self._hq is not None else 0
 
     def _break(self, why: str):
-        self.violation = self.violation or why
-        raise RuleViolation(self.violation)
+        self._ledger.violation = self._ledger.violation or why
+        raise RuleViolation(self._ledger.violation)
 
     def _run(self, fn: Callable, *args):
         """Run the system for the attack: faults are remembered, so swallowing them is useless."""
-        if self.violation:
-            raise RuleViolation(self.violation)
-        self.inside = True
+        if self._ledger.violation:
+            raise RuleViolation(self._ledger.violation)
+        self._ledger.inside += 1
         try:
             return fn(*args)
         except SystemFault as exc:
-            self.fault = self.fault or str(exc)
+            self._ledger.fault = self._ledger.fault or str(exc)
             raise
         finally:
-            self.inside = False
+            self._ledger.inside -= 1
 
     def _restore(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        self.model_rows += x.shape[0]
+        rows, key = self._ledger.model_rows, id(self._system.model)
+        rows[key] = rows.get(key, 0) + x.shape[0]
         return self._system.restore(x, index)
 
     def _rows(self, x: torch.Tensor, index, what: str) -> torch.Tensor | None:
@@ -188,8 +216,8 @@ class QueryTarget:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (3, h, w):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             self._break(f"{what} takes (rows, 3, {h}, {w}) images; got {shape}")
-        if not x.is_floating_point() or not torch.isfinite(x).all():
-            self._break(f"{what} was given non-finite or non-float values")
+        if x.dtype != self._hq.dtype or not torch.isfinite(x).all():
+            self._break(f"{what} takes finite {self._hq.dtype} values; got {x.dtype}")
         lo, hi = float(x.detach().min()), float(x.detach().max())
         if lo < -RANGE_ATOL or hi > 1 + RANGE_ATOL:
             self._break(f"{what} was given values outside [0, 1]")
@@ -211,7 +239,8 @@ class QueryTarget:
 
     def queries_left(self) -> int:
         limit = self._budget.queries if self._budget is not None else 2**62
-        return limit - (0 if self.queries is None else int(self.queries.max()))
+        q = self._ledger.queries
+        return limit - (0 if q is None or not q.numel() else int(q.max()))
 
     # -- the oracle ----------------------------------------------------------------------------
 
@@ -223,16 +252,18 @@ class QueryTarget:
         n = self.images or x.shape[0]
         rows = self._rows(x, index, "query")
         counted = torch.arange(n) if rows is None else rows
-        if self.queries is None:
-            self.queries = torch.zeros(n, dtype=torch.long)
-        self.queries += torch.bincount(counted, minlength=n)
-        if self.strict and int(self.queries.max()) > self._budget.queries:
-            self._break(f"{int(self.queries.max())} queries of one image exceed the limit of "
+        ledger = self._ledger
+        if ledger.queries is None or ledger.queries.numel() != n:
+            ledger.queries = torch.zeros(n, dtype=torch.long)
+        ledger.queries += torch.bincount(counted, minlength=n)
+        if self.strict and int(ledger.queries.max()) > self._budget.queries:
+            self._break(f"{int(ledger.queries.max())} queries of one image exceed the limit of "
                         f"{self._budget.queries}")
         ref = self._ref(hq)
         if rows is not None and (self.strict or hq is None):
             ref = ref[rows.to(ref.device)]
-        out = self._run(lambda: self._restore(self._system.purify(x, self.generator), rows))
+        # a copy: a defense that writes into its input must not reach the attack's tensor
+        out = self._run(lambda: self._restore(self._system.purify(x.clone(), self.generator), rows))
         return objective_loss(self.objective, out, ref)
 
 
@@ -260,15 +291,15 @@ class Target(QueryTarget):
         self._check_input(x, "forward")
         rows = self._rows(x, index, "forward")
         limit = self._limit()
-        if limit is not None and self.evaluations + x.shape[0] > limit:
+        if limit is not None and self._ledger.evaluations + x.shape[0] > limit:
             self._break(f"the attack used more than its {limit} evaluations (images x (steps + 2) "
                         f"x rounds {self._rounds} x EOT {self.eot})")
-        self.evaluations += x.shape[0]
+        self._ledger.evaluations += x.shape[0]
         if self.start_grad is None and x.requires_grad and torch.is_grad_enabled():
             x.register_hook(self._record_start)
 
         def run():
-            y = x
+            y = x.clone()  # a defense that writes into its input must not reach the attack's tensor
             if self.threat == "adaptive":
                 y = self._system.purify_differentiable(y, self.generator)
             return self._restore(y, rows)
@@ -300,9 +331,11 @@ class Target(QueryTarget):
             rank, drive = steer(out, ref) if steer else (objective_loss(self.objective, out, ref),) * 2
             try:
                 (grad,) = torch.autograd.grad(drive.sum(), x)
-            except RuntimeError as exc:  # a backward that raises is the system's fault
-                self.fault = self.fault or f"the backward pass raised {type(exc).__name__}: {exc}"
-                raise SystemFault(self.fault) from exc
+            except RuntimeError as exc:
+                if steer is not None:  # the attack's own loss: its own fault
+                    raise
+                self._ledger.fault = self._ledger.fault or f"the backward pass raised {type(exc).__name__}: {exc}"
+                raise SystemFault(self._ledger.fault) from exc
             loss_sum += rank.detach()
             grad_sum += grad
         loss, grad = loss_sum / self.eot, grad_sum / self.eot
@@ -320,7 +353,6 @@ class TransferTarget(QueryTarget):
     def __init__(self, *args, surrogates: Callable[[str, dict | None], System] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._surrogates = surrogates
-        self.made: list[Target] = []
 
     def surrogate(self, name: str, params: dict[str, Any] | None = None) -> Target:
         if self._surrogates is None:
@@ -331,8 +363,7 @@ class TransferTarget(QueryTarget):
             with torch.no_grad():
                 clean = system.restore(self._clean_lq).clamp(0, 1)
         proxy = Target(system, "oblivious", self.objective, self.generator, clean_out=clean,
-                       hq=self._hq, budget=self._budget, rounds=self._rounds)
-        self.made.append(proxy)
+                       hq=self._hq, budget=self._budget, rounds=self._rounds, ledger=self._ledger)
         return proxy
 
     _clean_lq: torch.Tensor | None = None
@@ -341,9 +372,9 @@ class TransferTarget(QueryTarget):
 def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
                 generator: torch.Generator, *, eot: int, clean_out: torch.Tensor | None,
                 hq: torch.Tensor, lq: torch.Tensor, budget: Budget, rounds: int,
-                surrogates: Callable | None = None) -> QueryTarget:
+                surrogates: Callable | None = None, ledger: Ledger | None = None) -> QueryTarget:
     """The oracle an attack of ``kind`` gets for one match (strict: own reference, budget)."""
-    common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds)
+    common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds, ledger=ledger)
     if kind == "white-box":
         return Target(system, threat, objective, generator, **common)
     if kind == "transfer":
@@ -357,11 +388,13 @@ def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
 
 def verify(x_adv: torch.Tensor, lq: torch.Tensor, budget: Budget, queries: torch.Tensor | None) -> str | None:
     """The arena's own check of an adversarial batch. Returns why it breaks the rules, or None."""
-    if not isinstance(x_adv, torch.Tensor):
-        return f"the attack returned {type(x_adv).__name__}, not a tensor"
+    if type(x_adv) is not torch.Tensor:  # a subclass could answer the checks below as it likes
+        return f"the attack returned {type(x_adv).__name__}, not a plain torch.Tensor"
     if x_adv.shape != lq.shape:
         return f"adversarial batch has shape {tuple(x_adv.shape)}, expected {tuple(lq.shape)}"
-    if not x_adv.is_floating_point() or not torch.isfinite(x_adv).all():
+    if x_adv.dtype != lq.dtype:
+        return f"adversarial batch is {x_adv.dtype}, expected {lq.dtype}"
+    if not torch.isfinite(x_adv).all():
         return "adversarial batch has non-finite values"
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < 0.0 or hi > 1.0:

@@ -35,7 +35,7 @@ def stored_match(engine, key: str) -> dict[str, Any]:
 
 
 def rerun(match: Match, device: str | None = None) -> dict[str, Any]:
-    from arena.run.driver import hardening_jobs
+    from arena.run.harden import hardening_jobs
     from arena.run.executors import LocalExecutor
 
     d = match.data

@@ -16,8 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from arena.errors import ArenaError
 
-class WeightsError(ValueError):
+
+class WeightsError(ArenaError, ValueError):
     """Weights that cannot be trusted or do not fit the architecture."""
 
 

@@ -307,7 +307,7 @@ def _registry():
 
 def test_diffpure_then_finetune_is_a_chain_with_one_hardening_link():
     from arena.plan import parse_config, plan
-    from arena.run.worker import hardened_key, hardening_link
+    from arena.run.harden import hardened_key, hardening_link
 
     cfg = parse_config({
         "restorers": ["tiny"], "attacks": ["fgsm"],

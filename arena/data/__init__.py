@@ -37,7 +37,7 @@ def load_data(name: str = "embedded", split: str = "test", *, root: str | None =
         if root is None:
             raise DataError(f"dataset {name!r} needs root= pointing at its folder")
         return load_real(name, root, split, images=images, size=size)
-    raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    raise DataError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
 
 
 def check_dataset(fmt: str, root: str) -> list[str]:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from arena.errors import ArenaError
 
-class DataError(ValueError):
+
+class DataError(ArenaError, ValueError):
     """A dataset file is missing, unreadable or malformed; the message names the file."""
 
 

@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 import arena
 from arena.data import load_data
-from arena.flags import compute_flags, store_flags
+from arena.flags import refresh_flags
 from arena.plan import Match, Tournament, config_hash, plan
 from arena.plugins import Registry, describe, load_registry
-from arena.run.worker import hardened_key, hardening_link
+from arena.run.harden import hardened_key, hardening_failure, hardening_jobs, hardening_link
 from arena.store import write
 from arena.store.db import normalise_url, open_writer
 
@@ -68,8 +68,10 @@ def summarise_plan(matches: list[Match]) -> str:
     return "\n".join(lines)
 
 
-def match_row(match: Match, result: dict[str, Any], version: str) -> dict[str, Any]:
+def match_row(match: Match, result: dict[str, Any], version: str,
+              registry: Registry | None = None) -> dict[str, Any]:
     timings = result.get("timings") or {}
+    attack = registry.get("attack", match.attack.name, allow_unavailable=True).cls if registry else None
     return {
         "key": match.key, "restorer": match.restorer.name, "defense": match.defense_label,
         "attack": match.attack.name, "attack_kind": match.attack_kind, "threat": match.threat,
@@ -87,6 +89,7 @@ def match_row(match: Match, result: dict[str, Any], version: str) -> dict[str, A
         "blame": result.get("blame"), "verified": False, "eot_used": result.get("eot_used"),
         "evaluations": result.get("evaluations"), "evaluation_limit": result.get("evaluation_limit"),
         "probes": result.get("probes"),
+        "minimum_norm": attack.minimum_norm if attack is not None else None,  # a trait the flags read
     }
 
 
@@ -129,7 +132,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     for m in pending:
         if m.status == "skipped":
             write.write_result(engine, tid, match_row(m, {"status": "skipped", "reason": m.reason},
-                                                      version), [])
+                                                      version, registry), [])
             report.counts["skipped"] += 1
         else:
             todo.append(m)
@@ -138,7 +141,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     write.relink(engine, tid, [m.key for m in matches])  # older code's rows leave this leaderboard
     to_verify = write.unverified(engine, tid)
     if not todo and not to_verify:
-        refresh_flags(engine, registry)
+        refresh_flags(engine, tid)
         return report
     if ex is None:
         ex = _executor(executor, t, address, device, registry)
@@ -154,7 +157,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     def on_result(m: Match, result: dict[str, Any]) -> None:
         running.discard(m.key)
         samples = save_samples(root, m, result) if result["status"] == "done" else []
-        write.write_result(engine, tid, match_row(m, result, version),
+        write.write_result(engine, tid, match_row(m, result, version, registry),
                            result.get("scores") or [], samples, adv=result.get("adv"))
         report.counts[result["status"]] += 1
         if result["status"] == "failed" and progress:
@@ -166,13 +169,18 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         by_key = {m.key: m for m in matches}
         verify_later = [by_key[r["key"]] for r in to_verify if r["key"] in by_key]
         hardened = ex.harden(hardening_jobs(todo + verify_later, registry))
-        ex.run(todo, data, hardened, on_result, on_start)
+        unhardened = {m.key: f for m in todo if (f := hardening_failure(m, hardened, registry))}
+        for m in todo:  # their weights could not be built: failed, blamed on the system
+            if m.key in unhardened:
+                on_start(m)
+                on_result(m, unhardened[m.key])
+        ex.run([m for m in todo if m.key not in unhardened], data, hardened, on_result, on_start)
         bar.close()
         report.counts.update(rescore_tournament(engine, tid, ex, registry, hardened, t))
     finally:
         bar.close()
         ex.close()
-        refresh_flags(engine, registry)
+        refresh_flags(engine, tid)
     return report
 
 
@@ -190,6 +198,14 @@ def rescore_tournament(engine, tid: int, ex, registry: Registry, hardened: dict[
         systems.setdefault(_system_key(r["match"]), []).append(r)
     rows = [r for members in systems.values() for r in members]
     counts: Counter = Counter()
+    for k, members in list(systems.items()):  # weights that could not be built this time
+        link = hardening_link(members[0]["match"], registry)
+        if link is not None and hardened_key(members[0]["match"].restorer, link, members[0]["match"], registry) not in hardened:
+            write.set_judgement(engine, [r["id"] for r in members], "failed", "system",
+                                f"fresh re-scoring: the hardened weights of '{link.name}' could not be built")
+            counts["failed on re-scoring"] += len(members)
+            del systems[k]
+    rows = [r for members in systems.values() for r in members]
     if not systems:
         return counts
     job = {"classes": _classes(registry, [r["match"] for r in rows]),
@@ -241,26 +257,10 @@ def _rescore_system(members: list[dict[str, Any]], registry: Registry, hardened:
             "entries": [{"key": r["key"], "seed": r["seed"], "adv": r["adv"]} for r in members]}
 
 
-def refresh_flags(engine, registry: Registry) -> None:
-    random = {e.name for e in registry.entries["defense"].values() if e.cls.random}
-    min_norm = {e.name for e in registry.entries["attack"].values() if e.cls.minimum_norm}
-    store_flags(engine, compute_flags(engine, random, min_norm))
-
-
 def _postfix(counts: Counter, running: int) -> dict[str, int]:
     return {"done": counts["done"], "failed": counts["failed"], "dq": counts["disqualified"],
             "skipped": counts["skipped"],
             "running": running}
-
-
-def hardening_jobs(todo: list[Match], registry: Registry) -> list[tuple]:
-    jobs = {}
-    for m in todo:
-        link = hardening_link(m, registry)
-        if link is not None:
-            key = hardened_key(m.restorer, link, m, registry)
-            jobs[key] = (key, m.restorer, link, m.data, m.seed)
-    return list(jobs.values())
 
 
 def _executor(name: str, t: Tournament, address: str | None, device: str | None, registry):

@@ -13,6 +13,7 @@ from collections import defaultdict, deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
+from arena.errors import ArenaError
 from arena.store.views import strip_ansi  # Ray colours its error messages
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 OnResult = Callable[["Match", dict[str, Any]], None]
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(ArenaError, RuntimeError):
     """The executor cannot run this tournament as configured."""
 
 
@@ -90,9 +91,24 @@ class LocalExecutor:
         return rescore_in_subprocess(dict(job, device=self.device), rescore_timeout(self.t, job))
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
-        from arena.run.harden import build_hardened
+        """Build each job's weights under ``timeout_s``: a ``Hardened`` of the files built, whose
+        ``failed`` keeps each job that raised or timed out (its matches fail, the others run)."""
+        import traceback
 
-        return {job[0]: build_hardened(*job, device=self.device, registry=self.registry) for job in jobs}
+        from arena.run.harden import Hardened, build_hardened, job_failed
+        from arena.timeout import Timeout, deadline
+
+        out = Hardened()
+        for job in jobs:
+            try:
+                with deadline(self.t.timeout_s if self.t is not None else None, "hardening"):
+                    out[job[0]] = build_hardened(*job, device=self.device, registry=self.registry)
+            except Timeout:
+                out.failed[job[0]] = job_failed(job, f"timed out after {self.t.timeout_s:g} s")
+            except Exception as exc:  # noqa: BLE001 - a plugin's fault fails its own matches
+                out.failed[job[0]] = job_failed(job, f"failed: {type(exc).__name__}: {exc}",
+                                                traceback.format_exc())
+        return out
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
             on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:
@@ -175,11 +191,39 @@ class RayExecutor:
             return _all_fail(job, strip_ansi(f"re-scoring failed: {type(exc).__name__}: {_first_line(exc)}"))
 
     def harden(self, jobs: list[tuple]) -> dict[str, str]:
-        from arena.run.harden import build_hardened
+        """Build the jobs in parallel, as many at a time as workers fit, each under ``timeout_s``
+        from its start: a ``Hardened``, whose ``failed`` keeps each job that raised, died or
+        timed out."""
+        from arena.run.harden import Hardened, build_hardened, job_failed
 
-        task = self.ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus)(build_hardened)
-        refs = {job[0]: task.remote(*job) for job in jobs}
-        return {k: self.ray.get(r) for k, r in refs.items()}
+        ray, out, waiting, inflight = self.ray, Hardened(), deque(jobs), {}
+        task = ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus)(build_hardened)
+
+        def submit() -> None:
+            if waiting:
+                job = waiting.popleft()
+                inflight[task.remote(*job)] = (job, time.monotonic())
+
+        for _ in range(self.n_workers(len(jobs)) if jobs else 0):
+            submit()
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                job, _t0 = inflight.pop(ref)
+                try:
+                    out[job[0]] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None)  # what harden raised, as the local executor says it
+                    why = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else _first_line(exc)
+                    out.failed[job[0]] = job_failed(job, f"failed: {why}", strip_ansi(str(exc)))
+                submit()
+            for ref, (job, t0) in list(inflight.items()):
+                if time.monotonic() - t0 > self.t.timeout_s:
+                    inflight.pop(ref)
+                    ray.cancel(ref, force=True)  # kills the worker process running it
+                    out.failed[job[0]] = job_failed(job, f"timed out after {self.t.timeout_s:g} s")
+                    submit()
+        return out
 
     def _actor(self, data_ref, hardened):
         from arena.run.worker import Worker

@@ -1,18 +1,83 @@
-"""Hardened restorer weights: built once per (restorer, defense, data, seed), cached by content."""
+"""Hardening: the chain link that changes a restorer's weights, the jobs that build them (once
+per restorer, defense, data and seed, cached by content), and what a match gets when its job
+raised or timed out: it fails, blamed on the system, and the rest of the tournament runs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from arena.api import ConfigError
 from arena.data import load_data
 from arena.match import generator
-from arena.plan import DataSpec, Spec
+from arena.plan import DataSpec, Match, Spec
 from arena.plugins import load_registry
+from arena.run.executors import failed as failed_result
 from arena.weights import save_weights, sha256_file
+
+
+class Hardened(dict):
+    """Built weights files by hardened key (what workers look up); ``failed`` holds, by the
+    same key, the ``reason`` and ``error`` (traceback) of each job that raised or timed out."""
+
+    def __init__(self, weights: dict[str, str] | None = None, failed: dict[str, dict[str, str]] | None = None):
+        super().__init__(weights or {})
+        self.failed = dict(failed or {})
+
+
+def hardening_link(match: Match, registry) -> Spec | None:
+    """The chain's one hardening link, if any (a chain may change the weights only once)."""
+    links = [s for s in match.defense if registry.get("defense", s.name).cls.hardens]
+    if len(links) > 1:  # plan() refuses such a chain; a stored spec may still carry one
+        raise ConfigError(f"defense chain '{match.defense_label}' has more than one hardening link")
+    return links[0] if links else None
+
+
+def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
+    """Content key of a hardened restorer: what it was built from (including the versions of
+    the plugins that built it), not which match asked."""
+    versions = [registry.get(role, s.name).version for role, s in (("restorer", restorer), ("defense", link))]
+    base = registry.get("restorer", restorer.name).cls.weights
+    versions.append(sha256_file(base) if base is not None and Path(base).exists() else None)
+    blob = json.dumps({"restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
+                       "versions": versions,
+                       "data": match.data.model_dump(mode="json", exclude={"split", "images"}),
+                       "seed": match.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def hardening_jobs(todo: list[Match], registry) -> list[tuple]:
+    """One ``(key, restorer, link, data, seed)`` job per distinct hardened restorer ``todo`` needs."""
+    jobs = {}
+    for m in todo:
+        link = hardening_link(m, registry)
+        if link is not None:
+            key = hardened_key(m.restorer, link, m, registry)
+            jobs[key] = (key, m.restorer, link, m.data, m.seed)
+    return list(jobs.values())
+
+
+def job_failed(job: tuple, why: str, error: str | None = None) -> dict[str, str]:
+    """The entry of ``Hardened.failed`` for a job: ``why`` is "failed: Type: message" or
+    "timed out after N s"."""
+    reason = f"hardening by '{job[2].name}' {why}"
+    return {"reason": reason, "error": error or reason}
+
+
+def hardening_failure(match: Match, hardened: dict[str, str], registry) -> dict[str, Any] | None:
+    """The failed result of ``match`` if the weights it needs could not be built, else None."""
+    failed = getattr(hardened, "failed", None)
+    link = hardening_link(match, registry) if failed else None
+    why = failed.get(hardened_key(match.restorer, link, match, registry)) if link is not None else None
+    if why is None:
+        return None
+    return dict(failed_result(match, why["reason"], error=why["error"]), blame="system")
 
 
 def cache_dir() -> Path:

@@ -10,29 +10,20 @@ import hashlib
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from arena.api import ConfigError, SystemFault
 from arena.data import UDCData, data_hash
 from arena.match import Clean, Outcome, Watch, clean_pass, evaluate, probe, rescore
 from arena.plan import Match, Spec
 from arena.plugins import load_registry
+from arena.run.harden import hardened_key, hardening_link
 from arena.threat import System
 
 
 def spec_id(spec: Spec) -> str:
     return spec.model_dump_json()
-
-
-def hardening_link(match: Match, registry) -> Spec | None:
-    """The chain's one hardening link, if any (a chain may change the weights only once)."""
-    links = [s for s in match.defense if registry.get("defense", s.name).cls.hardens]
-    if len(links) > 1:
-        raise ConfigError(f"defense chain '{match.defense_label}' has more than one hardening link")
-    return links[0] if links else None
 
 
 class Worker:
@@ -52,7 +43,8 @@ class Worker:
         self._clean: dict[tuple, Clean] = {}
         self._probes: dict[tuple, dict[str, Any]] = {}
         self._data_hash = data.hash
-        self._data_copy = [t.clone() if t is not None else None for t in (data.lq, data.hq, data.psf, data.code)]
+        # bytes are immutable: a plugin that finds this copy cannot change what is put back
+        self._data_bytes = tuple(None if t is None else t.numpy().tobytes() for t in self._tensors())
         self.watch = Watch()
 
     def device_name(self) -> str:
@@ -97,9 +89,9 @@ class Worker:
     def clean(self, match: Match, system: System) -> Clean:
         key = self._clean_key(match)
         if key not in self._clean:
-            self._clean[key] = clean_pass(system, self.data.lq.to(self.device),
-                                          self.data.hq.to(self.device), match.seed)
-        return self._clean[key]
+            c = clean_pass(system, self.data.lq.to(self.device), self.data.hq.to(self.device), match.seed)
+            self._clean[key] = (c, _digest(c.out, c.psnr, c.ssim))
+        return self._clean[key][0]
 
     def probes(self, match: Match, system: System) -> dict[str, Any]:
         """The system's declarations, probed once per worker before its first match."""
@@ -110,17 +102,31 @@ class Worker:
             self._probes[key] = probe(system, fresh, self.data.lq.to(self.device), seed)
         return self._probes[key]
 
+    def _tensors(self) -> tuple:
+        return (self.data.lq, self.data.hq, self.data.psf, self.data.code)
+
     def integrity(self) -> str | None:
-        """What a component changed that it was never given: the data, or a model's weights.
-        Whatever it was is put back, so no other match sees the damage."""
+        """What a component changed that it was never given: the data, a cached clean
+        restoration, or a model's weights. Whatever it was is put back (or dropped, to be
+        recomputed), so no other match sees the damage."""
         problem = None
-        if data_hash(self.data.lq, self.data.hq, self.data.psf, self.data.code) != self._data_hash:
+        if data_hash(*self._tensors()) != self._data_hash:
             problem = "modified the arena's own copy of the images"
-            for t, copy in zip((self.data.lq, self.data.hq, self.data.psf, self.data.code), self._data_copy):
+            for t, raw in zip(self._tensors(), self._data_bytes):
                 if t is not None:
-                    t.data.copy_(copy)
+                    t.data.copy_(torch.frombuffer(bytearray(raw), dtype=t.dtype).view_as(t))
             self._clean.clear()
-        for model in self._models.values():
+            if data_hash(*self._tensors()) != self._data_hash:  # the backup itself was replaced
+                raise RuntimeError("the worker's backup of the data was replaced: it cannot be restored, so every later match on this worker fails")
+        if any(_digest(c.out, c.psnr, c.ssim) != d for c, d in self._clean.values()):
+            problem = problem or "modified the arena's cached clean restorations"
+            self._clean.clear()
+        for key, model in list(self._models.items()):
+            if self.watch.tampered(model):  # hooks, attributes, mode: rebuilt from disk next time
+                problem = problem or "tampered with the restorer (its hooks, attributes or mode)"
+                del self._models[key]
+                self._clean.clear()
+                continue
             pristine = self._pristine[id(model)]
             state = model.state_dict()
             if any(not torch.equal(state[k], v) for k, v in pristine.items()):
@@ -135,36 +141,57 @@ class Worker:
             match = Match(**match)
         started = time.time()
         t0 = time.perf_counter()
-        try:
-            outcome = self._run(match)
-        except Exception as exc:
-            blame = "system" if isinstance(exc, SystemFault) else None
-            outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}", blame=blame,
-                              error=traceback.format_exc())
+        outcome = self._run(match)
         outcome.timings["total"] = time.perf_counter() - t0
         return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
                 "defense_ms_per_mp": self._clean_cost(match), "started_at": started,
                 "finished_at": time.time()}
 
     def _run(self, match: Match) -> Outcome:
-        system = self.system(match)
-        checks = self.probes(match, system)
-        if checks.get("violation"):
-            return Outcome("disqualified", reason=checks["violation"], blame="system", probes=checks)
-        clean = self.clean(match, system)
+        """The match in stages, each failure blamed on whoever owns the stage."""
+        try:  # the system: building it, probing its declarations, its clean pass
+            system = self.system(match)
+            checks = self.probes(match, system)
+            if checks.get("fault"):
+                return Outcome("failed", reason=checks["fault"], blame="system", probes=checks)
+            if checks.get("violation"):
+                return Outcome("disqualified", reason=checks["violation"], blame="system", probes=checks)
+            clean = self.clean(match, system)
+        except Exception as exc:  # noqa: BLE001 - whatever the system raised fails its match
+            return _failed("system", exc)
         problem = self.integrity()
         if problem:
             return Outcome("disqualified", reason=f"the system {problem}", blame="system", probes=checks)
-        attack = self.registry.create("attack", match.attack.name, match.attack.params)
-        outcome = evaluate(match, system, attack, self.data, clean, samples=self.samples,
-                           surrogates=self.surrogate, watch=self.watch,
-                           models={id(m): m for m in self._models.values()}, integrity=self.integrity)
+        try:  # the attack's own set-up
+            attack = self.registry.create("attack", match.attack.name, match.attack.params)
+            attack.rounds()
+        except Exception as exc:  # noqa: BLE001
+            return _failed("attack", exc)
+        try:
+            outcome = evaluate(match, system, attack, self.data, clean, samples=self.samples,
+                               surrogates=self.surrogate, watch=self.watch,
+                               models={id(m): m for m in self._models.values()}, integrity=self.integrity,
+                               rebuild=lambda: self.system(match))
+        except Exception as exc:  # noqa: BLE001 - the arena's own code failing: not a plugin's fault
+            return _failed("infra", exc)
         outcome.probes = checks
         return outcome
 
     def _clean_cost(self, match: Match) -> float | None:
         c = self._clean.get(self._clean_key(match))
-        return c.defense_ms_per_mp if c else None
+        return c[0].defense_ms_per_mp if c else None
+
+
+def _failed(blame: str, exc: BaseException) -> Outcome:
+    return Outcome("failed", reason=f"{type(exc).__name__}: {exc}", blame=blame,
+                   error="".join(traceback.format_exception(exc)))
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def rescore_systems(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -202,20 +229,3 @@ def ray_node() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
-def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
-    """Content key of a hardened restorer: what it was built from (including the versions of
-    the plugins that built it), not which match asked."""
-    import json
-
-    from arena.weights import sha256_file
-
-    versions = [registry.get(role, s.name).version for role, s in (("restorer", restorer), ("defense", link))]
-    base = registry.get("restorer", restorer.name).cls.weights
-    versions.append(sha256_file(base) if base is not None and Path(base).exists() else None)
-    blob = json.dumps({"restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
-                       "versions": versions,
-                       "data": match.data.model_dump(mode="json", exclude={"split", "images"}),
-                       "seed": match.seed}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]

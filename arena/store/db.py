@@ -9,13 +9,14 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from arena.errors import ArenaError
 from arena.store.migrations import check_current, migrate
 
 DEFAULT_DB = "arena-results/arena.db"
 BUSY_TIMEOUT_MS = 5000
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(ArenaError, RuntimeError):
     """The database cannot be opened as asked."""
 
 

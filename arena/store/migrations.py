@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection, inspect, select, text
 
+from arena.errors import ArenaError
 from arena.store import models
 
 INITIAL_TABLES = [
@@ -35,24 +36,29 @@ def m002_match_placement(conn: Connection) -> None:
 
 M003_COLUMNS = (("blame", "VARCHAR(20)"), ("verified", "BOOLEAN"), ("warm_gap_db", "FLOAT"),
                 ("eot_used", "INTEGER"), ("evaluations", "INTEGER"), ("evaluation_limit", "INTEGER"),
-                ("probes", "JSON"))
+                ("probes", "JSON"), ("minimum_norm", "BOOLEAN"))
 
 
 def m003_enforcement(conn: Connection) -> None:
-    """The arena's rule enforcement: blame, fresh re-scoring, evaluation counts, probes, and the
-    stored adversarial batches."""
+    """The arena's rule enforcement: blame, fresh re-scoring, evaluation counts, probes, the
+    traits the flags read, the stored adversarial batches, and flags kept per tournament."""
     have = {c["name"] for c in inspect(conn).get_columns("matches")}
     for name, sql_type in M003_COLUMNS:
         if name not in have:
             conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
     models.adversarial.create(conn, checkfirst=True)
+    if "tournament_id" not in {c["name"] for c in inspect(conn).get_columns("flags")}:
+        # its rows were derived over every tournament at once: the next `arena run` of each
+        # tournament stores its own again, and `arena verify` its findings
+        models.flags.drop(conn)
+        models.flags.create(conn)
 
 
 MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 
-class SchemaError(RuntimeError):
+class SchemaError(ArenaError, RuntimeError):
     """A database whose schema this version of the arena does not know."""
 
 

@@ -95,6 +95,7 @@ matches = Table(
     Column("evaluations", Integer),  # images through the defended system during the attack
     Column("evaluation_limit", Integer),  # the bound on them (README: trust)
     Column("probes", JSON),  # the worker's probes of the system's declarations
+    Column("minimum_norm", Boolean),  # the attack is minimum-norm (arena/flags.py reads it)
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 
@@ -138,6 +139,7 @@ tournament_matches = Table(
 flags = Table(
     "flags", metadata,
     Column("id", Integer, primary_key=True),
+    Column("tournament_id", ForeignKey("tournaments.id")),  # m003; none: shown with every tournament
     Column("threat", String(20), nullable=False),
     Column("norm", String(8)),
     Column("eps", Float),
@@ -146,7 +148,7 @@ flags = Table(
     Column("attack", String(200)),
     Column("flag", String(60), nullable=False),
     Column("reason", Text, nullable=False),
-    UniqueConstraint("threat", "norm", "eps", "restorer", "defense", "attack", "flag"),
+    UniqueConstraint("tournament_id", "threat", "norm", "eps", "restorer", "defense", "attack", "flag"),
 )
 
 schema_migrations = Table(

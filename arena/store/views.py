@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
+from arena.flags import tournament_flags
 from arena.store import models as m
 from arena.store.queries import GROUP, counted, defense_costs, fetch, scope, seed_spread
 
@@ -128,8 +129,9 @@ def robust_table(engine: Engine, tournament_id: int | None = None,
     return fetch(engine, stmt)
 
 
-def flags(engine: Engine) -> list[dict[str, Any]]:
-    return fetch(engine, select(m.flags).order_by(m.flags.c.id))
+def flags(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
+    """The tournament's sanity flags: derived from its stored results, and `arena verify`'s."""
+    return tournament_flags(engine, tournament_id)
 
 
 def match_stats(engine: Engine, tournament_id: int | None = None, **filters) -> list[dict[str, Any]]:
@@ -206,7 +208,7 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
     costs = {_key(r): r for r in defense_costs(engine, tournament_id)}
     spread = seed_spread(engine, tournament_id)
     flagged: dict[tuple, list[str]] = {}
-    for f in flags(engine):
+    for f in flags(engine, tournament_id):
         if f["attack"] and (attacks or attack_kinds) and f["attack"] not in counted_attacks:
             continue
         who = f" ({f['attack']})" if f["attack"] else ""
@@ -256,7 +258,7 @@ def standings(engine: Engine, tournament_id: int | None = None, *, threat: str |
                   mt.c.reason)
     stmt = _narrow(scope(stmt, tournament_id), threat=threat, restorers=restorers, defenses=defenses)
     masked: dict[tuple, set[str]] = {}
-    for f in flags(engine):
+    for f in flags(engine, tournament_id):
         if f["flag"] in MASKING_FLAGS:
             masked.setdefault(_key(f), set()).add(f["flag"])
     by_system: dict[tuple, list[dict[str, Any]]] = {}
