@@ -96,6 +96,8 @@ class Match(BaseModel):
     seed: int
     #: "role:name" -> "package version fingerprint" of every component (results follow code)
     versions: dict[str, str] = Field(default_factory=dict)
+    #: the attack suite (name-version) this match belongs to, or None for a listed attack
+    suite: str | None = None
     status: Literal["planned", "skipped"] = "planned"
     reason: str | None = None
 
@@ -182,36 +184,61 @@ def _surrogate(registry: Registry, attack: Spec) -> tuple[Spec, ...]:
     return (Spec(name=name, params=params.model_dump(mode="json")),)
 
 
+def _attacks(registry: Registry, t: Tournament, restorer: Spec) -> list[tuple[Spec, dict[str, int], str | None]]:
+    """The attacks a restorer faces: those listed, then each named suite's, as
+    (spec, budget overrides, suite label)."""
+    from arena.suite import SUITES
+
+    out = []
+    for raw in t.attacks:
+        item = _as_dict(raw, "attack")
+        suite = SUITES.get(item["name"]) if item["name"] not in registry.entries["attack"] else None
+        if suite is None:
+            out.append((_spec(registry, "attack", item), {}, None))
+            continue
+        if len(item) > 1:
+            raise ConfigError(f"suite '{suite.name}' takes no parameters: its attacks, iterations and "
+                              f"queries are fixed (version {suite.version})")
+        out += [(_spec(registry, "attack", entry), overrides, suite.label)
+                for entry, overrides in suite.for_restorer(restorer.name)]
+    return out
+
+
 def plan(t: Tournament, registry: Registry) -> list[Match]:
     """Every threat × budget × restorer × defense × attack match, pruned by capability."""
     restorers = [_spec(registry, "restorer", _as_dict(r, "restorer")) for r in t.restorers]
     defenses = [_chain(registry, _as_dict(d, "defense")) for d in t.defenses]
-    attacks = [_spec(registry, "attack", _as_dict(a, "attack")) for a in t.attacks]
-    surrogates = {a.model_dump_json(): _surrogate(registry, a) for a in attacks}
-    for role, specs in (("restorer", restorers), ("attack", attacks)):
-        names = [s.model_dump_json() for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"the config lists the same {role} twice with the same parameters")
+    attacks = {r.model_dump_json(): _attacks(registry, t, r) for r in restorers}
+    surrogates = {a.model_dump_json(): _surrogate(registry, a) for faced in attacks.values() for a, _, _ in faced}
+    names = [s.model_dump_json() for s in restorers]
+    if len(set(names)) != len(names):
+        raise ConfigError("the config lists the same restorer twice with the same parameters")
+    for faced in attacks.values():
+        listed = [(a.model_dump_json(), suite) for a, _, suite in faced]
+        if len(set(listed)) != len(listed):
+            raise ConfigError("the config lists the same attack twice with the same parameters")
     has_psf = t.data.name not in DATASETS_WITHOUT_PSF
     matches = []
-    for threat, budget, r, d, a, seed in itertools.product(
-        t.threat_models, t.budgets, restorers, defenses, attacks, t.seeds or [t.seed]
+    for threat, budget, r, d, seed in itertools.product(
+        t.threat_models, t.budgets, restorers, defenses, t.seeds or [t.seed]
     ):
-        reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
-                       for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d),
-                                       *(("restorer", x) for x in surrogates[a.model_dump_json()]))
-                       for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
-        if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
-            reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
-        matches.append(
-            Match(
-                restorer=r, defense=d, attack=a,
-                attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
-                budget=budget, threat=threat, eot=t.eot_samples, data=t.data, seed=seed,
-                versions=versions(registry, r, d, a),
-                status="skipped" if reason else "planned", reason=reason,
+        for a, overrides, suite in attacks[r.model_dump_json()]:
+            reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
+                           for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d),
+                                           *(("restorer", x) for x in surrogates[a.model_dump_json()]))
+                           for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
+            if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
+                reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
+            matches.append(
+                Match(
+                    restorer=r, defense=d, attack=a,
+                    attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
+                    budget=budget.model_copy(update=overrides) if overrides else budget,
+                    threat=threat, eot=t.eot_samples, data=t.data, seed=seed,
+                    versions=versions(registry, r, d, a), suite=suite,
+                    status="skipped" if reason else "planned", reason=reason,
+                )
             )
-        )
     return matches
 
 

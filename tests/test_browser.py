@@ -179,9 +179,10 @@ def test_dashboard_renders_the_leaderboard_in_a_browser(small_db, tmp_path):
     assert "Leaderboard" in state["text"] and "oblivious threat model" in state["text"]
     # first table: the only budget's leaderboard, in rank order, with the stored numbers
     board = tables[0]
-    assert [(r[1], r[2]) for r in board] == [(r["restorer"], r["defense"]) for r in expected]
+    assert [(r[2], r[3]) for r in board] == [(r["restorer"], r["defense"]) for r in expected]
     assert [r[0] for r in board] == [str(r["rank"]) for r in expected]
-    assert [float(r[5]) for r in board] == pytest.approx([r["robust_psnr"] for r in expected])
+    assert [r[1] for r in board] == ["ranked"] * len(expected)  # every match done and re-scored
+    assert [float(r[6]) for r in board] == pytest.approx([r["robust_psnr"] for r in expected])
     assert gallery["images"] == 6 and "ground truth" in gallery["text"]
     from PIL import Image
 

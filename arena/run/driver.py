@@ -62,6 +62,9 @@ def summarise_plan(matches: list[Match]) -> str:
     by = Counter((m.threat, m.budget.label()) for m in planned)
     for (threat, budget), n in sorted(by.items()):
         lines.append(f"  {threat:9s} {budget:22s} {n} matches")
+    suites = Counter(m.suite for m in planned if m.suite)
+    for suite, n in sorted(suites.items()):
+        lines.append(f"  suite {suite}: {n} of them ({', '.join(sorted({m.attack.name for m in planned if m.suite == suite}))})")
     reasons = Counter(m.reason for m in skipped)
     for reason, n in reasons.most_common():
         lines.append(f"  skipped ({n}): {reason}")
@@ -90,6 +93,7 @@ def match_row(match: Match, result: dict[str, Any], version: str,
         "evaluations": result.get("evaluations"), "evaluation_limit": result.get("evaluation_limit"),
         "probes": result.get("probes"),
         "minimum_norm": attack.minimum_norm if attack is not None else None,  # a trait the flags read
+        "suite": match.suite,
     }
 
 

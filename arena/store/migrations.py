@@ -36,7 +36,7 @@ def m002_match_placement(conn: Connection) -> None:
 
 M003_COLUMNS = (("blame", "VARCHAR(20)"), ("verified", "BOOLEAN"), ("warm_gap_db", "FLOAT"),
                 ("eot_used", "INTEGER"), ("evaluations", "INTEGER"), ("evaluation_limit", "INTEGER"),
-                ("probes", "JSON"), ("minimum_norm", "BOOLEAN"))
+                ("probes", "JSON"), ("minimum_norm", "BOOLEAN"), ("suite", "VARCHAR(40)"))
 
 
 def m003_enforcement(conn: Connection) -> None:

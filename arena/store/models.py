@@ -96,6 +96,7 @@ matches = Table(
     Column("evaluation_limit", Integer),  # the bound on them (README: trust)
     Column("probes", JSON),  # the worker's probes of the system's declarations
     Column("minimum_norm", Boolean),  # the attack is minimum-norm (arena/flags.py reads it)
+    Column("suite", String(40)),  # the attack suite (name-version, arena/suite.py) or NULL
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 

@@ -1,0 +1,65 @@
+"""The standard attack suite: entered by name, fixed and versioned."""
+
+import pytest
+
+from arena.api import ConfigError
+from arena.plan import plan
+from arena.plugins import load_registry
+from arena.run.driver import run_tournament, summarise_plan
+from arena.store import queries
+from arena.store.db import open_reader
+from arena.suite import STANDARD
+from helpers import config
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def test_standard_expands_to_its_fixed_attacks_per_restorer(registry):
+    t = config(restorers=["identity", "unet"], defenses=["none"], attacks=["fgsm", "standard"])
+    matches = plan(t, registry)
+    suite = [m for m in matches if m.suite]
+    assert {m.suite for m in suite} == {STANDARD.label} == {"standard-1"}
+    assert len(suite) == 2 * len(STANDARD.attacks) and len(matches) == len(suite) + 2
+    by = {(m.restorer.name, m.attack.name): m for m in suite}
+    assert by[("identity", "apgd")].budget.steps == 50  # the suite's iterations, not the config's 3
+    assert by[("identity", "square")].budget.queries == 1000
+    assert by[("identity", "apgd")].budget.eps == t.budgets[0].eps  # the config's radius
+    # transfer crafts on another restorer than the one attacked
+    assert by[("identity", "transfer")].attack.params["surrogate"] == "unet"
+    assert by[("unet", "transfer")].attack.params["surrogate"] == "nafnet"
+    assert "suite standard-1: 8 of them" in summarise_plan(matches)
+
+
+def test_the_suite_version_is_part_of_the_key(registry, monkeypatch):
+    from dataclasses import replace
+
+    import arena.suite as suite_module
+
+    t = config(restorers=["identity"], defenses=["none"], attacks=["standard"])
+    before = {m.key for m in plan(t, registry)}
+    monkeypatch.setitem(suite_module.SUITES, "standard", replace(STANDARD, version="2"))
+    after = plan(t, registry)
+    assert {m.suite for m in after} == {"standard-2"}
+    assert before.isdisjoint({m.key for m in after})  # a new version reruns everything
+
+
+def test_a_suite_takes_no_parameters(registry):
+    with pytest.raises(ConfigError, match="suite 'standard' takes no parameters"):
+        plan(config(attacks=[{"name": "standard", "steps": 5}]), registry)
+
+
+@pytest.mark.slow
+def test_a_tournament_with_the_suite_runs_and_stores_it(tmp_path, registry):
+    t = config(restorers=["identity"], defenses=["none"], attacks=["standard"],
+               data={"name": "embedded", "split": "test", "images": 2, "size": 16})
+    db = str(tmp_path / "s.db")
+    report = run_tournament(t, db, executor="local", progress=False, registry=registry)
+    assert report.counts["done"] == len(STANDARD.attacks)
+    rows = queries.matches(open_reader(db))
+    assert {r["suite"] for r in rows} == {"standard-1"}
+    assert {r["attack"] for r in rows} == {a.name for a in STANDARD.attacks}
+    [board] = queries.leaderboard(open_reader(db))
+    assert board["status"] == "ranked" and board["n_attacks"] == len(STANDARD.attacks)
