@@ -29,6 +29,31 @@ from arena.threat import Ledger, System, make_target, verify
 STATEFUL_TOLERANCE_DB = 0.01
 #: how far apart two outputs must be before the probes call them different (float noise)
 PROBE_ATOL = 1e-5
+#: A random system's adversarial batch is evaluated under this many draws of its randomness:
+#: the one of its clean pass, then N - 1 more. Per image the worst of them ("N-evaluation",
+#: DiffHammer, NeurIPS 2024) is the score that ranks; their mean is the expectation.
+N_EVALUATIONS = 8
+
+
+def evaluation_seeds(seed: int, random: bool) -> list[int]:
+    """The draws a match's adversarial batch is scored under (the first is the clean pass's)."""
+    return [seed] + ([seed + 100_003 * k for k in range(1, N_EVALUATIONS)] if random else [])
+
+
+def draw_scores(system: System, x: torch.Tensor, hq: torch.Tensor, seed: int,
+                random: bool) -> tuple[torch.Tensor, dict[str, list[float] | None]]:
+    """The output under the clean pass's draw, and per image PSNR/SSIM of it plus, for a random
+    system, the mean and worst PSNR and worst SSIM over ``N_EVALUATIONS`` draws."""
+    outs = [system(x.clone(), generator(s)) for s in evaluation_seeds(seed, random)]
+    p = torch.stack([psnr(y, hq) for y in outs])
+    q = torch.stack([ssim(y, hq) for y in outs])
+    scores = {"psnr": p[0].tolist(), "ssim": q[0].tolist(),
+              "psnr_mean": p.mean(0).tolist() if random else None,
+              "psnr_worst": p.min(0).values.tolist() if random else None,
+              "ssim_worst": q.min(0).values.tolist() if random else None}
+    if not all(bool(torch.isfinite(y).all()) for y in outs):
+        raise SystemFault("the system returned non-finite values on the adversarial input")
+    return outs[0], scores
 
 
 @dataclass
@@ -328,17 +353,16 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     x_adv = x_adv.detach().clone()
     outcome.adv = x_adv.cpu().numpy().copy()
     t1 = time.perf_counter()
-    try:
-        adv_out = (rebuild() if rebuild else system)(x_adv.clone(), generator(match.seed))  # the clean pass's draw
+    try:  # scored by a system rebuilt after the attack, under the clean pass's draw; the N
+        # draws of a random system are the fresh re-scoring's (the scores that count)
+        adv_out, drawn = draw_scores(rebuild() if rebuild else system, x_adv, hq, match.seed, False)
     except SystemFault as exc:
         return _judged(outcome, "failed", "system", str(exc), exc)
     problem = integrity()
     if problem:
         return _judged(outcome, "disqualified", "system", problem)
-    if not torch.isfinite(adv_out).all():
-        return _judged(outcome, "failed", "system", "the system returned non-finite values on the adversarial input")
     outcome.timings["eval"] = time.perf_counter() - t1
-    outcome.scores = score_rows(data.ids, clean, adv_out, hq, x_adv, lq, ledger.queries)
+    outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, ledger.queries)
     outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
     if device.type == "cuda":
         outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -353,13 +377,15 @@ def _judged(outcome: Outcome, status: str, blame: str, reason: str, exc: BaseExc
     return outcome
 
 
-def score_rows(ids, clean: Clean, adv_out, hq, x_adv, lq, queries) -> list[dict[str, Any]]:
-    adv_psnr, adv_ssim = psnr(adv_out, hq), ssim(adv_out, hq)
+def score_rows(ids, clean: Clean, drawn: dict[str, Any], x_adv, lq, queries) -> list[dict[str, Any]]:
     delta = (x_adv - lq).flatten(1)
     queries = queries if queries is not None else torch.zeros(len(lq), dtype=torch.long)
+    pick = lambda key, i: None if drawn.get(key) is None else drawn[key][i]  # noqa: E731
     return [{"image": image,
              "clean_psnr": float(clean.psnr[i]), "clean_ssim": float(clean.ssim[i]),
-             "adv_psnr": float(adv_psnr[i]), "adv_ssim": float(adv_ssim[i]),
+             "adv_psnr": drawn["psnr"][i], "adv_ssim": drawn["ssim"][i],
+             "adv_psnr_mean": pick("psnr_mean", i), "adv_psnr_worst": pick("psnr_worst", i),
+             "adv_ssim_worst": pick("ssim_worst", i),
              "linf": float(delta[i].abs().max()), "l2": float(delta[i].norm()),
              "queries": int(queries[i])} for i, image in enumerate(ids)]
 
@@ -392,23 +418,24 @@ def rescore(systems: list[tuple[Callable[[], System], list[dict[str, Any]]]], da
     lq, hq = data.lq.to(device), data.hq.to(device)
     results = [{"adv": {}, "clean": {}, "fault": None} for _ in systems]
 
-    def scored(i: int, x: torch.Tensor, seed: int) -> dict[str, list[float]] | None:
+    def scored(i: int, x: torch.Tensor, seed: int, draws: bool) -> dict[str, list[float]] | None:
         build, out = systems[i][0], results[i]
         if out["fault"]:
             return None
         try:
-            y = build()(x, generator(seed))
+            fresh = build()
+            return draw_scores(fresh, x, hq, seed, draws and fresh.random)[1]
         except SystemFault as exc:
             out["fault"] = str(exc)
             return None
-        return {"psnr": psnr(y, hq).tolist(), "ssim": ssim(y, hq).tolist()}
 
     for i, (_, entries) in enumerate(systems):
         for e in entries:
-            results[i]["adv"][e["key"]] = scored(i, torch.from_numpy(np.asarray(e["adv"], dtype=np.float32)).to(device), e["seed"])
+            x = torch.from_numpy(np.asarray(e["adv"], dtype=np.float32)).to(device)
+            results[i]["adv"][e["key"]] = scored(i, x, e["seed"], True)
     for i, (_, entries) in enumerate(systems):
         for seed in sorted({e["seed"] for e in entries}):
-            results[i]["clean"][seed] = scored(i, lq.clone(), seed)
+            results[i]["clean"][seed] = scored(i, lq.clone(), seed, False)
     return results
 
 

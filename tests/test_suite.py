@@ -63,3 +63,52 @@ def test_a_tournament_with_the_suite_runs_and_stores_it(tmp_path, registry):
     assert {r["attack"] for r in rows} == {a.name for a in STANDARD.attacks}
     [board] = queries.leaderboard(open_reader(db))
     assert board["status"] == "ranked" and board["n_attacks"] == len(STANDARD.attacks)
+
+
+def test_a_random_defense_is_scored_three_ways_with_known_noise(tmp_path, registry):
+    """Gaussian noise of known sigma on the identity restorer, attacked by nothing (a
+    zero-perturbation floor). The stored single-draw, mean and worst-of-N scores equal what
+    the same N draws give when computed by hand, and the leaderboard ranks by the worst."""
+    import torch
+    from sqlalchemy import select
+
+    from arena.data import load_data
+    from arena.match import N_EVALUATIONS, evaluation_seeds, generator
+    from arena.metrics import psnr
+    from arena.store import models as m
+    from arena.threat import System
+    from helpers import registry_with
+
+    plugins = registry_with(Nothing)
+    t = config(restorers=["identity"], defenses=[{"name": "noise", "sigma": 0.05}], attacks=["nothing"],
+               data={"name": "embedded", "split": "test", "images": 2, "size": 32})
+    db = str(tmp_path / "n.db")
+    run_tournament(t, db, executor="local", progress=False, registry=plugins)
+    with open_reader(db).connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(m.scores).order_by(m.scores.c.id))]
+    data = load_data("embedded", "test", images=2, size=32, seed=0)
+    system = System(plugins.create("restorer", "identity").load("cpu"), [plugins.create("defense", "noise", {"sigma": 0.05})])
+    seeds = evaluation_seeds(t.seed, True)
+    assert len(seeds) == N_EVALUATIONS == 8
+    draws = torch.stack([psnr(system(data.lq.clone(), generator(s)), data.hq) for s in seeds])
+    assert [r["adv_psnr"] for r in rows] == pytest.approx(draws[0].tolist(), abs=1e-5)
+    assert [r["adv_psnr_mean"] for r in rows] == pytest.approx(draws.mean(0).tolist(), abs=1e-5)
+    assert [r["adv_psnr_worst"] for r in rows] == pytest.approx(draws.min(0).values.tolist(), abs=1e-5)
+    assert all(r["adv_psnr_worst"] < r["adv_psnr_mean"] for r in rows)  # the draws differ
+    [board] = queries.leaderboard(open_reader(db))
+    assert board["robust_psnr"] == pytest.approx(float(draws.min(0).values.mean()), abs=1e-5)
+    assert board["robust_psnr_mean"] == pytest.approx(float(draws.mean(0).mean()), abs=1e-5)
+    assert board["robust_psnr_single"] == pytest.approx(float(draws[0].mean()), abs=1e-5)
+
+
+from arena.api import Attack  # noqa: E402
+
+
+class Nothing(Attack):
+    """Returns its input: the zero-perturbation floor (a test fixture)."""
+
+    name = "nothing"
+    kind = "decision-free"
+
+    def perturb(self, target, lq, hq, budget, generator):
+        return lq.clone()

@@ -234,7 +234,10 @@ def rescore_tournament(engine, tid: int, ex, registry: Registry, hardened: dict[
             continue
         for r in members:
             a, c = fresh["adv"][r["key"]], fresh["clean"][r["seed"]]
+            pick = lambda d, k, i: None if d.get(k) is None else d[k][i]  # noqa: E731
             values = [{"adv_psnr": a["psnr"][i], "adv_ssim": a["ssim"][i],
+                       "adv_psnr_mean": pick(a, "psnr_mean", i), "adv_psnr_worst": pick(a, "psnr_worst", i),
+                       "adv_ssim_worst": pick(a, "ssim_worst", i),
                        "clean_psnr": c["psnr"][i], "clean_ssim": c["ssim"][i]} for i in range(len(r["scores"]))]
             write.set_verified(engine, r["id"], values, gaps[r["id"]])
     return counts

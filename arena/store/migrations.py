@@ -46,6 +46,10 @@ def m003_enforcement(conn: Connection) -> None:
     for name, sql_type in M003_COLUMNS:
         if name not in have:
             conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
+    have = {c["name"] for c in inspect(conn).get_columns("scores")}
+    for name in ("adv_psnr_mean", "adv_psnr_worst", "adv_ssim_worst"):  # N-evaluation of random systems
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE scores ADD COLUMN {name} FLOAT"))
     models.adversarial.create(conn, checkfirst=True)
     if "tournament_id" not in {c["name"] for c in inspect(conn).get_columns("flags")}:
         # its rows were derived over every tournament at once: the next `arena run` of each

@@ -109,6 +109,10 @@ scores = Table(
     Column("clean_ssim", Float, nullable=False),
     Column("adv_psnr", Float, nullable=False),
     Column("adv_ssim", Float, nullable=False),
+    # m003: a random system's batch under N draws (arena.match.N_EVALUATIONS); NULL otherwise
+    Column("adv_psnr_mean", Float),
+    Column("adv_psnr_worst", Float),
+    Column("adv_ssim_worst", Float),
     Column("linf", Float),
     Column("l2", Float),
     Column("queries", Integer),

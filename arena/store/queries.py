@@ -57,7 +57,7 @@ def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple,
     seed; mean over images), then its mean and sample standard deviation over the seeds."""
     s, mt = m.scores, m.matches
     per_image = scope(select(
-        *(mt.c[g] for g in GROUP), mt.c.seed, s.c.image, func.min(s.c.adv_psnr).label("worst"),
+        *(mt.c[g] for g in GROUP), mt.c.seed, s.c.image, func.min(func.coalesce(s.c.adv_psnr_worst, s.c.adv_psnr)).label("worst"),
     ).select_from(s.join(mt, s.c.match_id == mt.c.id)), tournament_id).where(counted()) \
         .group_by(*(mt.c[g] for g in GROUP), mt.c.seed, s.c.image).subquery()
     per_seed = select(*(per_image.c[g] for g in GROUP), per_image.c.seed,
