@@ -198,3 +198,33 @@ def test_m003_keeps_flags_per_tournament_and_the_minimum_norm_trait(tmp_path):
         refresh_flags(migrated, tid)
     rows = queries.fetch(migrated, text("SELECT tournament_id, flag, reason FROM flags ORDER BY tournament_id"))
     assert [(r["tournament_id"], r["flag"]) for r in rows] == [(a, "bad-gradient"), (b, "bad-gradient")]
+
+
+def test_an_unavailable_component_is_skipped_and_the_run_finishes(tmp_path):
+    """The driver used to look up every component's version without allowing unavailable ones,
+    and raised after the tournament row was written."""
+    from types import ModuleType
+
+    from arena.api import Attack
+    from arena.hookspecs import hookimpl
+
+    class Absent(Attack):
+        """Needs a package this machine lacks (a fixture)."""
+
+        name = "absent"
+
+        def perturb(self, target, lq, hq, budget, generator):
+            raise AssertionError("never runs")
+
+    module = ModuleType("testplugin_absent")
+    module.register_attacks = hookimpl(lambda register: register(Absent, unavailable="needs the 'nowhere' package"))
+    registry = load_registry(modules=(module,))
+    db = str(tmp_path / "u.db")
+    t = config(restorers=["identity"], defenses=["none"], attacks=["fgsm", "absent"])
+    report = run_tournament(t, db, executor="local", progress=False, registry=registry)
+    assert report.counts == {"done": 1, "skipped": 1}
+    rows = {r["attack"]: r for r in queries.matches(open_reader(db))}
+    assert rows["absent"]["status"] == "skipped" and "nowhere" in rows["absent"]["reason"]
+    assert rows["absent"]["versions"]["attack:absent"].startswith("local ")
+    [board] = queries.leaderboard(open_reader(db))
+    assert board["status"] == "ranked" and board["skipped"] == 1
