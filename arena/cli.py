@@ -19,11 +19,35 @@ DB_OPTION = click.option(
 
 
 class ArenaGroup(click.Group):
-    """Turns the arena's own user-facing errors into one clean line instead of a traceback."""
+    """Turns the arena's own user-facing errors into one clean line instead of a traceback, and
+    adds the plugins' commands (hook ``register_commands``) once, when they are first needed:
+    a command of the core is found without importing every plugin."""
+
+    plugin_commands_loaded = False
+
+    def load_plugin_commands(self) -> None:
+        if not self.plugin_commands_loaded:
+            self.plugin_commands_loaded = True
+            from arena.plugins import load_commands
+
+            _plugin_warnings_to_stderr(clear=False)
+            load_commands(self)
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx):
+        self.load_plugin_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx):
         from arena.errors import ArenaError  # the base of every user-facing error (arena.api)
 
+        _plugin_warnings_to_stderr()
         try:
             return super().invoke(ctx)
         except ArenaError as exc:
@@ -47,8 +71,9 @@ class _OncePerCommand(logging.Handler):
 _PLUGIN_WARNINGS = _OncePerCommand()
 
 
-def _plugin_warnings_to_stderr() -> None:
-    _PLUGIN_WARNINGS.seen.clear()  # a new command (CliRunner reuses the process) warns again
+def _plugin_warnings_to_stderr(clear: bool = True) -> None:
+    if clear:
+        _PLUGIN_WARNINGS.seen.clear()  # a new command (CliRunner reuses the process) warns again
     logger = logging.getLogger("arena.plugins")
     if _PLUGIN_WARNINGS not in logger.handlers:
         logger.addHandler(_PLUGIN_WARNINGS)
@@ -60,10 +85,13 @@ def _plugin_warnings_to_stderr() -> None:
               help="A plugin that fails to import or register is an error, not a warning.")
 def main(strict):
     """udc-arena: UDC restorers, adversarial attacks and defenses in one tournament."""
-    from arena import plugins
+    # set on every command, so no run inherits an earlier one's flag; but arena.plugins pulls in
+    # torch (through arena.api), so a command of the store alone (leaderboard) must not import
+    # it just to leave the default in place
+    if strict or "arena.plugins" in sys.modules:
+        from arena import plugins
 
-    plugins.STRICT = strict  # set on every command, so no run inherits an earlier one's flag
-    _plugin_warnings_to_stderr()
+        plugins.STRICT = strict
 
 
 LEADERBOARD_COLUMNS = ["rank", "restorer", "defense", "clean_psnr", "clean_ssim", "robust_psnr",
@@ -93,11 +121,11 @@ def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | N
     import csv
     import io
 
-    from arena.store import queries
+    from arena.store import queries, views
     from arena.store.db import open_reader
 
     engine = open_reader(db)
-    rows = [{k: r.get(k) for k in LEADERBOARD_KEYS} for r in queries.leaderboard(engine, tournament_id, threat)]
+    rows = [{k: r.get(k) for k in LEADERBOARD_KEYS} for r in views.leaderboard(engine, tournament_id, threat=threat)]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -390,13 +418,38 @@ def data_check(fmt, root):
     click.echo(f"{root}: a valid {fmt} dataset")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def train(ctx):
-    """Train a restorer: arena train RESTORER [--steps N] [--out DIR] (see --help there)."""
-    from arena.train import main as train_main
+@main.command()
+@click.argument("restorer")
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--out", default=".", show_default=True, help="folder for <restorer>.safetensors and .json")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=64, show_default=True, help="training sample and test image side")
+@click.option("--crop", type=int, default=None, help="random crop side (default: size)")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--data", default="embedded", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--data-seeds", default=4, show_default=True, help="embedded draws of crops/noise")
+@click.option("--synth-share", default=0.5, show_default=True,
+              help="share of each batch resynthesised from the training scenes")
+@click.option("--procedural", default=0.0, show_default=True,
+              help="share of the resynthesised pairs drawn from dead-leaves scenes")
+@click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
+@click.option("--threads", type=int, default=None)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="a restorer parameter (value parsed as JSON, else a string); repeatable")
+@click.option("--no-resume", is_flag=True, help="start again instead of resuming a checkpoint")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train(restorer, out, params, no_resume, quiet, **options):
+    """Train a restorer on UDC pairs; write <restorer>.safetensors and its manifest to --out."""
+    from arena.train import parse_params, train_restorer
+    from arena.weights import read_manifest
 
-    click.echo(train_main(ctx.args))
+    path = train_restorer(restorer, out_dir=out, params=parse_params(params), resume=not no_resume,
+                          progress=not quiet, **options)
+    m = read_manifest(path)
+    click.echo(f"{path}: clean PSNR {m['clean_psnr']:.2f} dB, SSIM {m['clean_ssim']:.4f} "
+               f"(input {m['input_psnr']:.2f} dB) on {m['data_version']} test, {m['wall_time_s']:.0f} s")
 
 
 @main.command()
@@ -404,21 +457,9 @@ def train(ctx):
 @click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
 def zoo(names, device):
     """Score every restorer with shipped weights on the test split; print the README table."""
-    from arena.train import zoo_table
+    from arena.zoo import zoo_table
 
     click.echo(zoo_table(list(names) or None, device=device))
-
-
-@main.command("train-purifier")
-@click.option("--steps", default=850, show_default=True, help="the shipped purifier's count")
-@click.option("--out", default="purifier.safetensors", show_default=True)
-@click.option("--size", default=32, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-def train_purifier(steps, out, size, seed):
-    """Train the diffusion purifier on the embedded benchmark's UDC inputs."""
-    from arena.diffusion import train_purifier as train_fn
-
-    click.echo(train_fn(steps, out, seed=seed, size=size))
 
 
 @main.command()

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
-from arena.store.queries import fetch, scope
+from arena.store.sql import GROUP, fetch, scope
 
 GRADIENT_KINDS = {"white-box", "transfer"}
 #: dB by which a result must differ before a flag is raised (noise of a few images' PSNR).
@@ -173,3 +173,11 @@ def tournament_flags(engine: Engine, tournament_id: int | None = None) -> list[d
     if tournament_id is not None:
         stmt = stmt.where((fl.c.tournament_id == tournament_id) | fl.c.tournament_id.is_(None))
     return _once(fetch(engine, stmt))
+
+
+def flags_by_system(engine: Engine, tournament_id: int | None = None) -> dict[tuple, list[str]]:
+    out: dict[tuple, list[str]] = {}
+    for r in tournament_flags(engine, tournament_id):
+        k = tuple(r[g] for g in GROUP)
+        out.setdefault(k, []).append(f"{r['flag']}: {r['reason']}")
+    return out

@@ -214,6 +214,32 @@ def load_registry(modules: tuple[ModuleType, ...] = (), entrypoints: bool = True
     return registry
 
 
+def load_commands(cli, modules: tuple[ModuleType, ...] = (), entrypoints: bool = True) -> dict[str, str]:
+    """Call every plugin's ``register_commands(cli)``; return the plugins that broke, with why.
+
+    An installed plugin whose hook raises is broken: the commands it had added are removed, a
+    warning is logged, and the other plugins' commands stay. ``modules`` are the caller's own
+    code: their errors raise PluginError. Plugins that fail to import are left out as in
+    :func:`plugin_manager` (``arena plugins`` lists them).
+    """
+    pm = plugin_manager(modules, entrypoints, strict=False)
+    broken: dict[str, str] = {}
+    for impl in pm.hook.register_commands.get_hookimpls():
+        plugin, before = impl.plugin_name, dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            why = f"failed in register_commands: {one_line(exc)}"
+            if plugin not in pm.dists:
+                raise PluginError(f"plugin '{plugin}' {why}") from exc
+            cli.commands.clear()
+            cli.commands.update(before)
+            broken[plugin] = why
+            log.warning("plugin '%s' %s; its commands are left out (ARENA_BLOCK_PLUGINS=%s "
+                        "silences this)", plugin, why, plugin)
+    return broken
+
+
 def _registrar(registry: Registry, plugin: str, package: str, version: str, role: str,
                base: type[Component]):
     """The ``register`` callable one plugin's hook gets for one role."""

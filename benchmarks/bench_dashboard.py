@@ -5,8 +5,8 @@ the tournament is named "synthetic-benchmark" and its config says so) with about
 score rows, written through arena.store.write exactly as the driver writes real ones. Then
 times, each against the 2 s target:
 
-1. views.leaderboard (the dashboard's query, with its attack-kind filter machinery) and
-   queries.leaderboard (the CLI's), median of a few runs;
+1. views.leaderboard (the dashboard's and the CLI's query) unfiltered and with its attack-kind
+   filter, median of a few runs;
 2. the leaderboard page through Streamlit's AppTest: the first run in a fresh process (imports
    and AppTest's component scan included: a server pays these once, at start-up), then with
    the query cache empty (what a user waits for after a new filter or a finished match), then
@@ -26,7 +26,7 @@ import time
 from itertools import product
 from pathlib import Path
 
-from arena.store import queries, views, write
+from arena.store import views, write
 from arena.store.db import open_reader, open_writer
 
 TARGET_S = 2.0
@@ -105,10 +105,9 @@ def main() -> None:
           f"(written in {time.perf_counter() - t0:.1f} s)\n")
 
     engine = open_reader(db)
-    report("views.leaderboard (dashboard query)", timed(lambda: views.leaderboard(engine), args.repeat))
+    report("views.leaderboard (dashboard and CLI query)", timed(lambda: views.leaderboard(engine), args.repeat))
     report("views.leaderboard, attack-kind filter", timed(
         lambda: views.leaderboard(engine, attack_kinds=["white-box"]), args.repeat))
-    report("queries.leaderboard (CLI query)", timed(lambda: queries.leaderboard(engine), args.repeat))
 
     import streamlit as st
     from streamlit.testing.v1 import AppTest

@@ -21,7 +21,7 @@ import arena.suite as suite_module
 from arena.plan import parse_config
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
-from arena.store import queries
+from arena.store import views
 from arena.store.db import open_reader
 
 OLD_DEFAULT = ["fgsm", {"name": "pgd", "random_start": False, "restarts": 2}, "noise"]
@@ -44,7 +44,7 @@ def run(args, attacks, steps: int = 10) -> tuple[float, dict[tuple, float]]:
         t0 = time.perf_counter()
         run_tournament(t, db, executor="local", progress=False, registry=load_registry())
         wall = time.perf_counter() - t0
-        rows = queries.leaderboard(open_reader(db))
+        rows = views.leaderboard(open_reader(db))
     return wall, {(r["threat"], round(r["eps"] * 255), r["restorer"], r["defense"]): r["robust_psnr"] for r in rows}
 
 

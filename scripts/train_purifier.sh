@@ -10,7 +10,7 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" - "$STEPS" "$OUT" <<'PY'
 import json, sys
 import torch
-from arena.diffusion import train_purifier
+from arena_plugins.defenses.purifier import train_purifier
 from arena.weights import read_manifest
 
 torch.set_num_threads(1)

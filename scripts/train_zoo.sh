@@ -33,6 +33,6 @@ declare -A RECIPE=(
 
 for name in "${FAMILIES[@]}"; do
   read -r steps batch lr <<<"${RECIPE[$name]:?unknown family $name}"
-  "$PY" -m arena.train "$name" --steps "$steps" --batch "$batch" --lr "$lr" \
+  "$PY" -m arena.cli train "$name" --steps "$steps" --batch "$batch" --lr "$lr" \
     --threads "$THREADS" --seed 0 --out "$OUT" "${EXTRA[@]}"
 done

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 from arena.api import Attack, AttackParams, Field
@@ -78,3 +80,14 @@ def registry_with(*classes, role="attack"):
 
 def db_url(tmp_path: Path) -> str:
     return str(tmp_path / "arena.db")
+
+
+def require_tool(found, name: str):
+    """``found`` (a path, a URL) if the external tool ``name`` is there. Missing, the test is
+    skipped, except under CI (``CI`` is "true" or "1"), where a skip would hide a broken setup:
+    there it fails."""
+    if found:
+        return found
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true: {name} is required (scripts/test.sh installs it)", pytrace=False)
+    pytest.skip(f"{name} is not installed (scripts/test.sh installs it as root)")

@@ -4,7 +4,7 @@ Streamlit renders in the browser over a websocket, so the page is read through t
 DevTools Protocol (stdlib + the `websockets` package Streamlit already depends on): load,
 wait until the script has finished, read the leaderboard's cells from the data grid's
 accessible table, save a screenshot. Skipped where Chromium is not installed
-(scripts/test.sh installs Debian's).
+(scripts/test.sh installs Debian's); under CI=true a missing one fails instead.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from websockets.sync.client import connect
 from arena.run.driver import run_tournament
 from arena.store import views
 from arena.store.db import open_reader
-from helpers import config
+from helpers import config, require_tool
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.browser
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("/usr/bin/chromium")  # off the PATH too
 
 # the glide data grid draws on a canvas; its accessible <table> carries the cell text
 READ_TABLES = """JSON.stringify(Array.from(document.querySelectorAll('[data-testid=stDataFrame]')).map(
@@ -135,13 +137,13 @@ class Browser:
 
 
 @contextmanager
-def chromium(width: int = 1400, height: int = 1000):
+def chromium(binary: str, width: int = 1400, height: int = 1000):
     port = free_port()
     profile = tempfile.mkdtemp(prefix="arena-chromium-")
     log = Path(profile) / "chromium.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", f"--remote-debugging-port={port}", f"--window-size={width},{height}",
              "about:blank"],
@@ -159,6 +161,11 @@ def chromium(width: int = 1400, height: int = 1000):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture
+def chromium_binary():
+    return require_tool(find_chromium(), "chromium")
+
+
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("browser") / "arena.db")
@@ -166,11 +173,10 @@ def small_db(tmp_path_factory):
     return db
 
 
-@needs_chromium
 @pytest.mark.slow
-def test_dashboard_renders_the_leaderboard_in_a_browser(small_db, tmp_path):
+def test_dashboard_renders_the_leaderboard_in_a_browser(chromium_binary, small_db, tmp_path):
     expected = views.leaderboard(open_reader(small_db))
-    with dashboard_server(small_db, tmp_path) as url, chromium() as browser:
+    with dashboard_server(small_db, tmp_path) as url, chromium(chromium_binary) as browser:
         state = browser.open(url + "/", lambda s: s["frames"] >= 2)
         shot = browser.screenshot(tmp_path / "leaderboard.png")
         tables = json.loads(browser.evaluate(READ_TABLES))

@@ -131,3 +131,19 @@ def test_zoo_prints_the_table_and_names_unknown_restorers():
     assert res.exit_code == 1
     [line] = res.output.strip().splitlines()
     assert line.startswith("Error: unknown restorer 'nosuch' (registered: ") and "nafnet" in line
+
+
+def test_train_parses_its_options_and_writes_weights(tmp_path):
+    out = tmp_path / "out"
+    res = run("train", "unet", "--steps", "4", "--size", "16", "--batch", "2", "--data-seeds", "1",
+              "--synth-share", "0", "--param", "width=4", "--param", "levels=2", "--out", str(out),
+              "--threads", "1", "--no-resume", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{out / 'unet.safetensors'}: clean PSNR ")
+    from arena.weights import read_manifest
+
+    config = read_manifest(out / "unet.safetensors")["config"]
+    assert config["params"] == {"width": 4, "levels": 2}
+    assert (config["steps"], config["size"], config["batch"], config["synth_share"]) == (4, 16, 2, 0.0)
+    bad = CliRunner().invoke(main, ["train", "unet", "--param", "width"])
+    assert bad.exit_code == 1 and "--param takes key=value, got 'width'" in bad.output

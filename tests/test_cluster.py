@@ -11,7 +11,7 @@ import pytest
 
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
-from arena.store import queries
+from arena.store import queries, views
 from arena.store.db import open_reader
 from helpers import config
 
@@ -103,7 +103,7 @@ steps = 40
     a, b = open_reader(killed), open_reader(clean)
     assert queries.status_counts(a) == {"done": 32}
     strip = lambda rows: [{k: v for k, v in r.items() if k != "defense_ms_per_mp"} for r in rows]  # noqa: E731
-    assert strip(queries.leaderboard(a)) == strip(queries.leaderboard(b))
+    assert strip(views.leaderboard(a)) == strip(views.leaderboard(b))
     with a.connect() as conn:
         from sqlalchemy import text
         assert conn.execute(text("select count(*) from scores")).scalar() == 32 * 4

@@ -8,7 +8,7 @@ import torch
 
 from arena.api import ConfigError
 from arena.data import UDCData
-from arena.diffusion import DEFAULT_SCHEDULE, Purifier, alphas_cumprod, reverse_step, timesteps
+from arena_plugins.defenses.purifier import DEFAULT_SCHEDULE, Purifier, alphas_cumprod, reverse_step, timesteps
 from arena.metrics import psnr
 from arena.testing import TinyNet, check_defense, tiny_batch, tiny_model
 from arena.threat import System

@@ -261,9 +261,9 @@ def test_the_attack_and_the_defense_compete_in_the_tournament(tutorial_db):
 
 @pytest.mark.slow
 def test_the_dashboard_queries_show_the_plugin(tutorial_db):
-    from arena.store import queries, views
+    from arena.store import views
 
-    board = queries.leaderboard(tutorial_db)
+    board = views.leaderboard(tutorial_db)
     systems = {(r["restorer"], r["defense"]) for r in board}
     assert systems == {(r, d) for r in ("identity", "tiny") for d in ("none", "jpeg", "blur")}
     for r in board:

@@ -6,7 +6,7 @@ import torch
 from arena.api import Attack, Defense
 from arena.flags import compute_flags
 from arena.run.driver import run_tournament
-from arena.store import queries, write
+from arena.store import queries, views, write
 from arena.store.db import open_reader, open_writer
 from helpers import config, module_with
 from arena.plugins import load_registry
@@ -118,6 +118,6 @@ def test_gradient_masking_defense_is_disqualified_by_the_probe_end_to_end(tmp_pa
     assert rows["shatter"]["status"] == "disqualified" and rows["shatter"]["blame"] == "system"
     assert "zero gradient" in rows["shatter"]["reason"]
     assert rows["none"]["status"] == "done"
-    board = {r["defense"]: r for r in queries.leaderboard(open_reader(db))}
+    board = {r["defense"]: r for r in views.leaderboard(open_reader(db))}
     assert board["shatter"]["status"] == "unranked" and board["shatter"]["rank"] is None
     assert board["none"]["rank"] == 1

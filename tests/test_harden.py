@@ -5,7 +5,7 @@ import torch
 from arena.api import Defense, Field, Params
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
-from arena.store import queries
+from arena.store import views
 from arena.store.db import open_reader
 from helpers import config, module_with
 
@@ -39,7 +39,7 @@ def test_hardened_weights_built_once_and_used_by_every_match(tmp_path):
     report = run_tournament(t, db, executor="local", progress=False, registry=registry)
     assert report.counts == {"done": 2 * 2 * 3 * 2}
     assert len(CALLS) == 1 and CALLS[0][0] == "tiny" and CALLS[0][1] > 4  # trained on the train split
-    rows = {r["defense"]: r for r in queries.leaderboard(open_reader(db)) if r["threat"] == "oblivious"
+    rows = {r["defense"]: r for r in views.leaderboard(open_reader(db)) if r["threat"] == "oblivious"
             and r["eps"] < 0.02}
     assert rows["shrink"]["clean_psnr"] != rows["none"]["clean_psnr"]  # the hardened weights were used
     # a second tournament with other attacks reuses the cached artifact

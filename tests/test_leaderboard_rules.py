@@ -48,7 +48,7 @@ def db(tmp_path):
 
 
 def board(db) -> dict[tuple, dict]:
-    return {(r["restorer"], r["defense"]): r for r in queries.leaderboard(open_reader(db.path))}
+    return {(r["restorer"], r["defense"]): r for r in views.leaderboard(open_reader(db.path))}
 
 
 def cli(*args):

@@ -3,9 +3,9 @@
 import pytest
 
 from arena.run.driver import run_tournament
-from arena.store import queries
+from arena.store import views
 from arena.store.db import DatabaseError, open_reader, open_writer
-from helpers import config
+from helpers import config, require_tool
 from pg import free_port, postgres_server
 
 pytestmark = pytest.mark.postgres
@@ -14,9 +14,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def pg_url():
     with postgres_server() as url:
-        if url is None:
-            pytest.skip("PostgreSQL is not installed (scripts/test.sh installs it as root)")
-        yield url
+        yield require_tool(url, "PostgreSQL")
 
 
 def test_postgres_and_sqlite_agree(pg_url, tmp_path, arena_registry):
@@ -26,8 +24,8 @@ def test_postgres_and_sqlite_agree(pg_url, tmp_path, arena_registry):
     run_tournament(t, pg_url, executor="local", progress=False, registry=arena_registry)
     strip = lambda rows: [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()  # noqa: E731
                            if k != "defense_ms_per_mp"} for r in rows]
-    pg_rows = strip(queries.leaderboard(open_reader(pg_url)))
-    assert pg_rows and pg_rows == strip(queries.leaderboard(open_reader(sqlite_db)))
+    pg_rows = strip(views.leaderboard(open_reader(pg_url)))
+    assert pg_rows and pg_rows == strip(views.leaderboard(open_reader(sqlite_db)))
     again = run_tournament(t, pg_url, executor="local", progress=False, registry=arena_registry)
     assert again.counts == {} and again.resumed == 16
 

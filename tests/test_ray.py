@@ -13,7 +13,7 @@ import pytest
 
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
-from arena.store import queries
+from arena.store import queries, views
 from arena.store.db import open_reader
 from helpers import config
 
@@ -121,8 +121,8 @@ def test_ray_tournament_matches_in_process_and_includes_the_plugin(plugin_packag
     report = run_tournament(t, ray_db, executor="ray", progress=False, registry=registry)
     assert report.counts == {"done": 8}
     run_tournament(t, local_db, executor="local", progress=False, registry=registry)
-    ray_rows = queries.leaderboard(open_reader(ray_db))
-    local_rows = queries.leaderboard(open_reader(local_db))
+    ray_rows = views.leaderboard(open_reader(ray_db))
+    local_rows = views.leaderboard(open_reader(local_db))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "defense_ms_per_mp"} for r in rows]  # noqa: E731
     assert strip(ray_rows) == strip(local_rows)
     attacks = {r["attack"] for r in queries.matches(open_reader(ray_db))}

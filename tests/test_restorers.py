@@ -165,7 +165,7 @@ def test_a_few_steps_lower_the_loss(registry, name):
 
 
 def test_augmentation_keeps_pairs_aligned_and_psf_codes_true():
-    from arena.train import augment, psf_invariant_rot180, random_crop
+    from arena.data.augment import augment, psf_invariant_rot180, random_crop
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 12, 12)
@@ -204,7 +204,7 @@ def test_dead_leaves_scenes_are_seeded_hdr_and_varied():
 
 def test_resynthesis_draws_physical_pairs_from_photos_and_dead_leaves():
     from arena.api import ConfigError
-    from arena.train import Resynthesis, make_batch
+    from arena.data.augment import Resynthesis, make_batch
 
     data = load_data("embedded", "test", images=9, size=16)
     with pytest.raises(ConfigError, match=r"procedural share must be in \[0, 1\]"):
@@ -240,7 +240,7 @@ def test_training_refuses_a_share_outside_0_1_before_any_work(registry, tmp_path
 
 
 def test_zoo_table_scores_the_shipped_weights_now(registry):
-    from arena.train import zoo_table
+    from arena.zoo import zoo_table
 
     table = zoo_table(["nafnet"], registry=registry)
     m = read_manifest(shipped(restorer_cls(registry, "nafnet")))
@@ -267,7 +267,7 @@ def _tiny_run(registry, out, work, **kw):
 
 
 def test_train_writes_weights_and_manifest(registry, tmp_path):
-    from arena.train import evaluate_restorer
+    from arena.zoo import evaluate_restorer
 
     path = _tiny_run(registry, tmp_path / "out", tmp_path / "work")
     m = read_manifest(path)
@@ -282,13 +282,13 @@ def test_train_writes_weights_and_manifest(registry, tmp_path):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(registry, tmp_path, monkeypatch):
-    import arena.train as train
+    import arena.data.augment as augment
     from safetensors.torch import load_file
 
     straight = _tiny_run(registry, tmp_path / "a", tmp_path / "wa")
 
     calls = {"n": 0}
-    real_crop = train.random_crop
+    real_crop = augment.random_crop
 
     def crash_at_step_5(*args):
         calls["n"] += 1
@@ -296,10 +296,10 @@ def test_interrupted_training_resumes_to_the_same_weights(registry, tmp_path, mo
             raise KeyboardInterrupt
         return real_crop(*args)
 
-    monkeypatch.setattr(train, "random_crop", crash_at_step_5)
+    monkeypatch.setattr(augment, "random_crop", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(registry, tmp_path / "b", tmp_path / "wb")
-    monkeypatch.setattr(train, "random_crop", real_crop)
+    monkeypatch.setattr(augment, "random_crop", real_crop)
     assert read_manifest(tmp_path / "wb" / "last.safetensors")["step"] == 3
     resumed = _tiny_run(registry, tmp_path / "b", tmp_path / "wb")
     a, b = load_file(str(straight)), load_file(str(resumed))
@@ -323,7 +323,7 @@ def test_shipped_weights_are_small_and_documented(registry, name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_shipped_weights_reproduce_their_manifest(registry, name):
-    from arena.train import evaluate_restorer
+    from arena.zoo import evaluate_restorer
 
     cls = restorer_cls(registry, name)
     m = read_manifest(shipped(cls))

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from arena.api import ArenaError, ConfigError, Defense
 from arena.cli import main
 from arena.data import load_data
-from arena.flags import compute_flags, refresh_flags, store_flags
+from arena.flags import compute_flags, flags_by_system, refresh_flags, store_flags
 from arena.plan import plan
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
-from arena.store import queries, write
+from arena.store import queries, views, write
 from arena.store.db import open_reader, open_writer
 from helpers import config, registry_with
 
@@ -76,13 +76,13 @@ def test_a_tournament_shows_only_its_own_flags(tmp_path):
                           "defense": "none", "attack": "pgd", "flag": "not-converged", "reason": "moved"}],
                 rerun=True)
     reader = open_reader(tmp_path / "a.db")
-    (row_a,) = queries.leaderboard(reader, a)
-    (row_b,) = queries.leaderboard(reader, b)
+    (row_a,) = views.leaderboard(reader, a)
+    (row_b,) = views.leaderboard(reader, b)
     assert "bad-gradient (pgd)" in row_a["flags"] and "not-converged (pgd): moved" in row_a["flags"]
     assert row_a["status"] == "unverified"
     assert row_b["flags"] == "" and row_b["status"] == "ranked"
-    assert queries.flags_by_system(reader, b) == {}
-    (of_a,) = queries.flags_by_system(reader, a).values()
+    assert flags_by_system(reader, b) == {}
+    (of_a,) = flags_by_system(reader, a).values()
     assert sorted(f.split(":")[0] for f in of_a) == ["bad-gradient", "not-converged"]
 
 
@@ -226,5 +226,5 @@ def test_an_unavailable_component_is_skipped_and_the_run_finishes(tmp_path):
     rows = {r["attack"]: r for r in queries.matches(open_reader(db))}
     assert rows["absent"]["status"] == "skipped" and "nowhere" in rows["absent"]["reason"]
     assert rows["absent"]["versions"]["attack:absent"].startswith("local ")
-    [board] = queries.leaderboard(open_reader(db))
+    [board] = views.leaderboard(open_reader(db))
     assert board["status"] == "ranked" and board["skipped"] == 1

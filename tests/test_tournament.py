@@ -5,7 +5,7 @@ from sqlalchemy import func, select
 
 from arena.run.driver import run_tournament
 from arena.store import models as m
-from arena.store import queries
+from arena.store import queries, views
 from arena.store.db import open_reader
 from helpers import Boom, Cheat, NaNAttack, config, registry_with
 
@@ -23,20 +23,23 @@ def test_tournament_runs_stores_and_resumes_without_duplicates(tmp_path, arena_r
     engine = open_reader(db)
     assert count(engine, m.matches) == 8
     assert count(engine, m.scores) == 8 * 4
-    rows = queries.leaderboard(engine)
+    rows = views.leaderboard(engine)
     assert len(rows) == 4 and {r["n_attacks"] for r in rows} == {2}
     for r in rows:
         assert r["robust_psnr"] < r["clean_psnr"]
     match = queries.matches(engine)[0]
     assert match["code_version"] and match["device"] == "cpu" and match["time_attack_s"] > 0
-    assert set(match["versions"]) >= {"restorer:identity", "attack:fgsm", "defense:none"} or match["versions"]
+    for row in queries.matches(engine):  # every component's version, under its own name
+        assert set(row["versions"]) == {f"restorer:{row['restorer']}", f"attack:{row['attack']}",
+                                        f"defense:{row['defense']}"}
+        assert all(v.startswith("udc-arena ") for v in row["versions"].values())
     assert count(engine, m.samples) == 8 * 6  # one image per match, six views of it
 
     again = run_tournament(t, db, executor="local", progress=False, registry=arena_registry)
     assert again.counts == {} and again.resumed == 8
     assert count(engine, m.matches) == 8 and count(engine, m.scores) == 32
     assert count(engine, m.tournaments) == 1
-    assert queries.leaderboard(engine) == rows
+    assert views.leaderboard(engine) == rows
 
 
 def test_budget_violation_nan_and_raising_plugin_are_not_scored(tmp_path):
@@ -54,7 +57,7 @@ def test_budget_violation_nan_and_raising_plugin_are_not_scored(tmp_path):
     with engine.connect() as conn:
         scored = set(conn.execute(select(m.matches.c.attack).join(m.scores)).scalars())
     assert scored == {"fgsm"}
-    (row,) = queries.leaderboard(engine)
+    (row,) = views.leaderboard(engine)
     assert row["n_attacks"] == 1  # the disqualified attacks never enter the worst case
 
 

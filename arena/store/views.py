@@ -1,12 +1,12 @@
 """Queries behind the dashboard and ``arena report``: plain functions over the database.
 
-They build on :mod:`arena.store.queries` and, like it, import neither torch nor Ray. Every
+They build on :mod:`arena.store.sql` and import neither torch nor Ray. Every
 function takes an engine and an optional tournament id (``None``: every stored match) and
 returns plain rows (lists of dicts), so the callers can cache, tabulate or plot them freely.
 
 Robust quality keeps the AutoAttack aggregation of the leaderboard: per image, the worst case
 over the attacks that count, then the mean over images. Only done, verified matches count
-(:func:`arena.store.queries.counted`). Filters narrow which matches count; an attack-kind
+(:func:`arena.store.sql.counted`). Filters narrow which matches count; an attack-kind
 filter therefore changes the worst case, not just which rows are shown.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from arena.flags import tournament_flags
 from arena.store import models as m
-from arena.store.queries import GROUP, counted, defense_costs, fetch, scope, seed_spread
+from arena.store.sql import GROUP, counted, fetch, scope
 
 BUDGET = ("threat", "norm", "eps")
 #: budgets are stored as floats (8/255); two within this are the same budget
@@ -45,6 +45,39 @@ GRADIENT_FREE_KINDS = ("score-based", "decision-free", "transfer")
 MATCH_STATUSES = ("done", "pending", "failed", "disqualified", "skipped")
 #: terminal escape codes (CSI colours and cursor moves, OSC titles and links, lone escapes)
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+
+
+def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple, dict[str, float]]:
+    """Per system and budget: robust PSNR computed seed by seed (per image, worst attack of that
+    seed; mean over images), then its mean and sample standard deviation over the seeds."""
+    s, mt = m.scores, m.matches
+    per_image = scope(select(
+        *(mt.c[g] for g in GROUP), mt.c.seed, s.c.image, func.min(func.coalesce(s.c.adv_psnr_worst, s.c.adv_psnr)).label("worst"),
+    ).select_from(s.join(mt, s.c.match_id == mt.c.id)), tournament_id).where(counted()) \
+        .group_by(*(mt.c[g] for g in GROUP), mt.c.seed, s.c.image).subquery()
+    per_seed = select(*(per_image.c[g] for g in GROUP), per_image.c.seed,
+                      func.avg(per_image.c.worst).label("robust")) \
+        .group_by(*(per_image.c[g] for g in GROUP), per_image.c.seed)
+    by_system: dict[tuple, list[float]] = {}
+    for r in fetch(engine, per_seed):
+        by_system.setdefault(tuple(r[g] for g in GROUP), []).append(r["robust"])
+    out = {}
+    for k, values in by_system.items():
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+        out[k] = {"robust_psnr_seed_mean": mean, "robust_psnr_seed_std": std}
+    return out
+
+
+def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
+    mt = m.matches
+    stmt = select(
+        *(mt.c[g] for g in GROUP),
+        func.avg(mt.c.defense_ms_per_mp).label("defense_ms_per_mp"),
+        func.max(mt.c.peak_mem_mb).label("peak_mem_mb"),
+    )
+    stmt = scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*(mt.c[g] for g in GROUP))
+    return fetch(engine, stmt)
 
 
 def _key(row: dict[str, Any], names: Iterable[str] = GROUP) -> tuple:

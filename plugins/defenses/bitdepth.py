@@ -1,7 +1,5 @@
 """Bit-depth reduction of the input, through ART's FeatureSqueezing, with BPDA for gradients."""
 
-from art.defences.preprocessor import FeatureSqueezing
-
 from arena.api import Defense, Field, Params
 from arena.hookspecs import hookimpl
 from arena_plugins.defenses.common import through_numpy
@@ -17,6 +15,8 @@ class BitDepth(Defense):
         bits: int = Field(5, ge=1, le=16, description="bits per channel kept")
 
     def purify(self, x, generator):
+        from art.defences.preprocessor import FeatureSqueezing  # ART is slow to import: only when used
+
         squeeze = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=self.params.bits)
         return through_numpy(lambda a: squeeze(a)[0], x)  # ART returns float64; cast back
 

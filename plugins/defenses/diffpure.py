@@ -1,4 +1,4 @@
-"""Diffusion purification of the input with the project's UDC purifier (arena.diffusion).
+"""Diffusion purification of the input with the project's UDC purifier (purifier.py).
 
 Gradient modes. ``Defense.gradient`` is a class attribute, so DiffPure declares ``exact`` and its
 ``purify`` builds the gradient path its ``grad_mode`` asks for when the input requires grad:
@@ -19,11 +19,12 @@ import functools
 from pathlib import Path
 from typing import Literal
 
+import click
 import torch
 from pydantic import model_validator
 
 from arena.api import Defense, Field, Params
-from arena.diffusion import Purifier
+from arena_plugins.defenses.purifier import Purifier
 from arena.hookspecs import hookimpl
 
 WEIGHTS = Path(__file__).parent / "weights" / "purifier-32.safetensors"
@@ -100,3 +101,17 @@ class DiffPure(Defense):
 @hookimpl
 def register_defenses(register):
     register(DiffPure)
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("train-purifier")
+    @click.option("--steps", default=850, show_default=True, help="the shipped purifier's count")
+    @click.option("--out", default="purifier.safetensors", show_default=True)
+    @click.option("--size", default=32, show_default=True)
+    @click.option("--seed", default=0, show_default=True)
+    def train_purifier(steps, out, size, seed):
+        """Train the diffusion purifier on the embedded benchmark's UDC inputs."""
+        from arena_plugins.defenses.purifier import train_purifier as train_fn
+
+        click.echo(train_fn(steps, out, seed=seed, size=size))

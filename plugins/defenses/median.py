@@ -1,7 +1,5 @@
 """Median filtering of the input, through ART's SpatialSmoothing, with BPDA for gradients."""
 
-from art.defences.preprocessor import SpatialSmoothing
-
 from arena.api import Defense, Field, Params
 from arena.hookspecs import hookimpl
 from arena_plugins.defenses.common import through_numpy
@@ -17,6 +15,8 @@ class Median(Defense):
         window: int = Field(3, ge=2, le=15, description="side of the square median window")
 
     def purify(self, x, generator):
+        from art.defences.preprocessor import SpatialSmoothing  # ART is slow to import: only when used
+
         # The numpy class: SpatialSmoothingPyTorch needs kornia, which the arena does not ship.
         smooth = SpatialSmoothing(window_size=self.params.window, channels_first=True,
                                   clip_values=(0.0, 1.0))

@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from art.defences.preprocessor import TotalVarMin
 
 from arena.api import Defense, Field, Params
 from arena.hookspecs import hookimpl
@@ -26,6 +25,8 @@ class TVM(Defense):
         max_iter: int = Field(10, ge=1, le=1000, description="L-BFGS-B iterations per channel")
 
     def purify(self, x, generator):
+        from art.defences.preprocessor import TotalVarMin  # ART is slow to import: only when used
+
         p = self.params
         tvm = TotalVarMin(prob=p.prob, norm=p.norm, lamb=p.lamb, max_iter=p.max_iter,
                           clip_values=(0.0, 1.0))

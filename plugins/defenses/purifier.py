@@ -1,4 +1,5 @@
-"""The diffusion purifier: a small DDPM trained on UDC inputs, and its samplers.
+"""The diffusion purifier of the diffpure plugin: a small DDPM trained on UDC inputs, its
+samplers and its trainer (``arena train-purifier``, registered by the diffpure plugin).
 
 DiffPure (Nie et al., ICML 2022) diffuses an input to a noise level t* and runs the reverse
 process back to t = 0, washing out a small adversarial perturbation with the added noise while
