@@ -87,6 +87,18 @@ class Outcome:
     probes: dict[str, Any] | None = None
 
 
+def failed_result(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
+    """A match that failed outside any plugin's code path we could attribute: the worker died,
+    timed out, or could not start (``blame`` infra). Ray colours its messages: no ANSI codes."""
+    from arena.store.views import strip_ansi
+
+    return {"key": match.key, "status": "failed", "reason": strip_ansi(reason), "blame": "infra",
+            "error": strip_ansi(error or reason),
+            "scores": [], "samples": [], "timings": {}, "trace": [], "start_grad": None,
+            "gradient_calls": 0, "peak_mem_mb": None, "device": None,
+            "defense_ms_per_mp": None, "attempts": attempts}
+
+
 def generator(seed: int) -> torch.Generator:
     """Draws happen on the CPU so a seed means the same thing on every device."""
     return torch.Generator(device="cpu").manual_seed(int(seed))

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
 from arena.errors import ArenaError
+from arena.match import failed_result as failed
 from arena.store.views import strip_ansi  # Ray colours its error messages
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,16 +26,6 @@ OnResult = Callable[["Match", dict[str, Any]], None]
 
 class ExecutorError(ArenaError, RuntimeError):
     """The executor cannot run this tournament as configured."""
-
-
-def failed(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
-    """A match that failed for a reason outside any plugin's code path we could attribute:
-    the worker died, timed out, or could not start (``blame`` infra)."""
-    return {"key": match.key, "status": "failed", "reason": strip_ansi(reason), "blame": "infra",
-            "error": strip_ansi(error or reason),
-            "scores": [], "samples": [], "timings": {}, "trace": [], "start_grad": None,
-            "gradient_calls": 0, "peak_mem_mb": None, "device": None,
-            "defense_ms_per_mp": None, "attempts": attempts}
 
 
 def rescore_timeout(t: Tournament, job: dict[str, Any]) -> float:

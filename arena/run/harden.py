@@ -15,10 +15,9 @@ import torch
 
 from arena.api import ConfigError
 from arena.data import load_data
-from arena.match import generator
+from arena.match import failed_result, generator
 from arena.plan import DataSpec, Match, Spec
 from arena.plugins import load_registry
-from arena.run.executors import failed as failed_result
 from arena.weights import save_weights, sha256_file
 
 
