@@ -327,7 +327,7 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     row_limit = (limit or 0) + len(lq) * match.budget.queries
     ledger = Ledger(len(lq))
     target = make_target(kind, system, match.threat, attack.params.objective,
-                         generator(match.seed + 1), eot=match.eot, clean_out=reference.clone(),
+                         generator(match.seed + 1), eot=eot, clean_out=reference.clone(),
                          hq=hq.clone(), lq=lq.clone(), budget=match.budget, rounds=rounds,
                          surrogates=surrogates, ledger=ledger)
     t0 = time.perf_counter()

@@ -350,9 +350,11 @@ class TransferTarget(QueryTarget):
 
     kind = "transfer"
 
-    def __init__(self, *args, surrogates: Callable[[str, dict | None], System] | None = None, **kwargs):
+    def __init__(self, *args, surrogates: Callable[[str, dict | None], System] | None = None,
+                 lq: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._surrogates = surrogates
+        self._clean_lq = lq  # mse_clean on a surrogate compares with its own clean output
 
     def surrogate(self, name: str, params: dict[str, Any] | None = None) -> Target:
         if self._surrogates is None:
@@ -366,8 +368,6 @@ class TransferTarget(QueryTarget):
                        hq=self._hq, budget=self._budget, rounds=self._rounds, ledger=self._ledger)
         return proxy
 
-    _clean_lq: torch.Tensor | None = None
-
 
 def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
                 generator: torch.Generator, *, eot: int, clean_out: torch.Tensor | None,
@@ -378,9 +378,7 @@ def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
     if kind == "white-box":
         return Target(system, threat, objective, generator, **common)
     if kind == "transfer":
-        t = TransferTarget(system, threat, objective, generator, surrogates=surrogates, **common)
-        t._clean_lq = lq
-        return t
+        return TransferTarget(system, threat, objective, generator, surrogates=surrogates, lq=lq, **common)
     t = QueryTarget(system, threat, objective, generator, **common)
     t.kind = kind
     return t
