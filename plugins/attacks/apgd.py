@@ -35,13 +35,15 @@ class APGD(Attack):
 
     def climb(self, target, x, lq, hq, budget):
         n, p = budget.steps, self.params
+        marks = set(checkpoints(n))
         eta = torch.full((x.shape[0], 1, 1, 1), 2.0 * budget.eps, device=x.device)
         loss, grad = target.loss_grad(x, hq)
         best, best_loss, best_grad, x_prev = x, loss, grad, x
         raised = torch.zeros_like(loss)
-        period = max(int(0.22 * n), 1)
-        check, checked_best, was_halved = period, loss, torch.zeros_like(loss, dtype=torch.bool)
+        last, checked_best, was_halved = 0, loss, torch.zeros_like(loss, dtype=torch.bool)
+        self.step_sizes = []  # per iteration, per image: the schedule this run followed
         for k in range(1, n):
+            self.step_sizes.append(eta.flatten().tolist())
             z = self.project(self.ascend(x, grad, eta, budget), lq, budget)
             a = 1.0 if k == 1 else p.momentum
             x, x_prev = self.project(x + a * (z - x) + (1 - a) * (x - x_prev), lq, budget), x
@@ -51,16 +53,34 @@ class APGD(Attack):
             better = loss > best_loss
             best, best_grad = where(better, x, best), where(better, grad, best_grad)
             best_loss = torch.where(better, loss, best_loss)
-            if k == check:  # the two conditions of Croce & Hein, then restart from the best point
-                halve = (raised <= p.rho * period) | (~was_halved & (best_loss <= checked_best))
+            if k in marks:  # the two conditions of Croce & Hein, then restart from the best point
+                halve = halving(raised, k - last, p.rho, was_halved, checked_best, best_loss)
                 eta = where(halve, eta / 2, eta)
                 x, x_prev = where(halve, best, x), where(halve, best, x_prev)  # no momentum
                 grad, loss = where(halve, best_grad, grad), torch.where(halve, best_loss, loss)
                 raised.zero_()
-                checked_best, was_halved = best_loss, halve
-                period = max(period - int(0.03 * n), int(0.06 * n), 1)
-                check += period
+                last, checked_best, was_halved = k, best_loss, halve
         return best, best_loss
+
+
+def checkpoints(n: int) -> list[int]:
+    """The iterations at which APGD may halve its step (Croce & Hein, ICML 2020, Sec. 3.2):
+    w_j = ceil(p_j n) for p_j <= 1, with p_0 = 0, p_1 = 0.22 and
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06). Computed in hundredths, exactly."""
+    prev, p, out = 0, 22, []
+    while p <= 100:
+        w = -(-p * n // 100)  # ceil(p n / 100)
+        if 0 < w < n and (not out or w > out[-1]):
+            out.append(w)
+        prev, p = p, p + max(p - prev - 3, 6)
+    return out
+
+
+def halving(raised, period, rho, was_halved, checked_best, best_loss):
+    """Per image, whether to halve the step at a checkpoint: fewer than a fraction ``rho`` of the
+    ``period`` steps since the last checkpoint raised the loss (condition 1), or the step was not
+    halved last time and the best loss has not improved since (condition 2)."""
+    return (raised < rho * period) | (~was_halved & (best_loss <= checked_best))
 
 
 @hookimpl
