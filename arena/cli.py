@@ -386,6 +386,39 @@ def verify(db, sample, tolerance, seed, device):
     click.echo(f"{len(results) - bad} of {len(results)} converged (tolerance {tolerance} dB)")
 
 
+@main.command("min-eps")
+@click.option("--restorer", required=True)
+@click.option("--defense", default="none", show_default=True, help="A defense or a chain (jpeg>diffpure).")
+@click.option("--attack", default="apgd", show_default=True, help="A white-box attack.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="an attack parameter (value parsed as JSON, else a string); repeatable")
+@click.option("--floor", type=float, default=None, help="Broken below this PSNR, dB.")
+@click.option("--drop", type=float, default=None, help="Broken below clean PSNR minus this, dB (default 3).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--lo", default="0", show_default=True, help="Lower end of the bracket (number or 'a/b').")
+@click.option("--hi", default=None, help="Upper end (number or 'a/b'; default 32/255 for linf, 4 for l2).")
+@click.option("--steps", default=20, show_default=True, help="Attack iterations at every probe.")
+@click.option("--bisections", default=8, show_default=True, help="Halvings of each image's bracket.")
+@click.option("--threat", type=click.Choice(["adaptive", "oblivious"]), default="adaptive", show_default=True)
+@click.option("--eot", default=4, show_default=True, help="EOT draws per gradient (random defense, adaptive).")
+@click.option("--images", default=8, show_default=True)
+@click.option("--size", default=32, show_default=True)
+@click.option("--data", "data_name", default="embedded", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def min_eps_command(params, images, size, data_name, data_root, device, fmt, **options):
+    """Per image, the smallest ε at which the attack breaks the system (bisection); the median."""
+    from arena.min_eps import as_json, as_table, min_eps, search_spec
+    from arena.train import parse_params
+
+    spec = search_spec(attack_params=parse_params(params), **options,
+                       data={"name": data_name, "root": data_root, "images": images, "size": size})
+    result = min_eps(spec, device=device)
+    click.echo(json.dumps(as_json(result), indent=2) if fmt == "json" else as_table(result))
+
+
 @main.group()
 def data():
     """The embedded UDC benchmark and real datasets."""
