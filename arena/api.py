@@ -234,6 +234,13 @@ class Restorer(Component):
         return model
 
 
+def run_restorer(model: torch.nn.Module, lq: torch.Tensor, code: torch.Tensor | None,
+                 needs_psf: bool) -> torch.Tensor:
+    """A restorer module's output on ``lq``: ``model(lq, code)`` for a restorer that
+    ``needs_psf`` (``code`` moved to ``lq``'s device), ``model(lq)`` otherwise."""
+    return model(lq, code.to(lq.device)) if needs_psf else model(lq)
+
+
 # --------------------------------------------------------------------------------------------
 # Attack
 # --------------------------------------------------------------------------------------------
@@ -391,4 +398,5 @@ __all__ = [
     "RuleViolation",
     "SystemFault",
     "Target",
+    "run_restorer",
 ]

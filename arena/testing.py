@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from arena.api import Attack, Defense, Restorer
+from arena.api import Attack, Defense, Restorer, run_restorer
 from arena.threat import Budget, System, Target, make_target, verify
 from arena.timeout import Timeout, deadline
 
@@ -142,11 +142,11 @@ def check_restorer(cls: type[Restorer], params: dict[str, Any] | None = None, co
         return [f"could not build/load: {type(exc).__name__}: {exc}"]
     for shape in ((1, 3, 33, 47), (2, 3, 16, 16)):
         lq, _ = tiny_batch(shape)
-        args = (lq, torch.rand(shape[0], code_dim, generator=_gen(0))) if cls.needs_psf else (lq,)
+        code = torch.rand(shape[0], code_dim, generator=_gen(0))
         x = lq.clone().requires_grad_(True)
         try:
-            out = model(x, *args[1:])
-            out2 = model(lq, *args[1:])
+            out = run_restorer(model, x, code, cls.needs_psf)
+            out2 = run_restorer(model, lq, code, cls.needs_psf)
         except Exception as exc:
             problems.append(f"{shape}: forward raised {type(exc).__name__}: {exc}")
             continue

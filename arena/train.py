@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Iterable
@@ -25,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from arena.api import ConfigError, Restorer
+from arena.api import ConfigError, Restorer, run_restorer
 from arena.data import load_data
 from arena.data.augment import (Resynthesis, make_batch, psf_invariant_rot180, split_validation,
                                 training_data)
 from arena.data.embedded import PHOTONS, READ_NOISE
+from arena.defaults import cache_dir, default_device
 from arena.plugins import Registry, load_registry
 from arena.weights import load_state, read_manifest, save_weights
-from arena.zoo import check_psf, pick_device, score
+from arena.zoo import check_psf, score
 
 VAL_IMAGES = 64  # held out of the training split for checkpoint selection
 
@@ -92,8 +92,7 @@ def run_key(config: dict[str, Any]) -> str:
 
 
 def default_work_dir(name: str, config: dict[str, Any]) -> Path:
-    base = os.environ.get("ARENA_CACHE") or Path.home() / ".cache" / "udc-arena"
-    return Path(base) / "train" / f"{name}-{run_key(config)}"
+    return cache_dir("train", f"{name}-{run_key(config)}")
 
 
 def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, size: int = 64,
@@ -119,7 +118,7 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
         torch.set_num_threads(threads)
     registry = registry or load_registry()
     restorer: Restorer = registry.create("restorer", name, params)
-    dev = pick_device(device)
+    dev = default_device(device)
     crop = crop or size
     warmup = warmup if warmup is not None else max(1, min(500, steps // 20))
     val_every = val_every or max(10, min(250, steps // 20))
@@ -160,8 +159,7 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     loss_ema = None
     for step in bar:
         lq, hq, code = make_batch(train, batch, crop, gen, dihedral, rot180, synth, synth_share)
-        args = (code.to(dev),) if needs_psf else ()
-        loss = F.l1_loss(model(lq.to(dev), *args), hq.to(dev))
+        loss = F.l1_loss(run_restorer(model, lq.to(dev), code, needs_psf), hq.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

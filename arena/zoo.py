@@ -8,18 +8,14 @@ from typing import Any
 
 import torch
 
-from arena.api import ConfigError, Restorer
+from arena.api import ConfigError, Restorer, run_restorer
 from arena.data import UDCData, load_data
+from arena.defaults import default_device
 from arena.metrics import psnr, ssim
 from arena.plugins import Registry, load_registry
 from arena.weights import read_manifest
 
 EVAL_CHUNK = 32
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``device``, or cuda when there is one, else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def check_psf(restorer: Restorer, data: UDCData) -> None:
@@ -34,8 +30,8 @@ def restore_all(model: torch.nn.Module, data: UDCData, needs_psf: bool,
     outs = []
     for i in range(0, len(data), EVAL_CHUNK):
         lq = data.lq[i:i + EVAL_CHUNK].to(device)
-        args = (data.code[i:i + EVAL_CHUNK].to(device),) if needs_psf else ()
-        outs.append(model(lq, *args).clamp(0, 1).cpu())
+        code = None if data.code is None else data.code[i:i + EVAL_CHUNK]
+        outs.append(run_restorer(model, lq, code, needs_psf).clamp(0, 1).cpu())
     return torch.cat(outs)
 
 
@@ -61,7 +57,7 @@ def evaluate_restorer(name: str, weights: str | Path | None = None, size: int = 
     """Clean PSNR/SSIM (and the input's) of a restorer on the test split, seed 0."""
     registry = registry or load_registry()
     restorer: Restorer = registry.create("restorer", name, params)
-    dev = pick_device(device)
+    dev = default_device(device)
     model = restorer.load(dev, weights=weights)
     test = load_data(data, "test", root=data_root, size=size, seed=0)
     check_psf(restorer, test)

@@ -27,6 +27,8 @@ import skimage.data
 import skimage.transform
 import torch
 
+from arena import defaults
+
 from .dataset import UDCData
 from .formation import form_udc, srgb_to_linear
 from .psf import kernel_codes, psf_bank
@@ -195,9 +197,7 @@ def _to_data(arrays: dict[str, np.ndarray]) -> UDCData:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("ARENA_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "udc-arena")
-    return Path(base) / "data"
+    return defaults.cache_dir("data")
 
 
 @functools.lru_cache(maxsize=1)

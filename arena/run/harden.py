@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from arena import defaults
 from arena.api import ConfigError
 from arena.data import load_data
 from arena.match import failed_result, generator
@@ -80,7 +78,7 @@ def hardening_failure(match: Match, hardened: dict[str, str], registry) -> dict[
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "udc-arena")) / "hardened"
+    return defaults.cache_dir("hardened")
 
 
 def build_hardened(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: int,
@@ -90,7 +88,7 @@ def build_hardened(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: i
     if path.exists() and path.with_suffix(".json").exists():
         return str(path)
     registry = registry or load_registry()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = defaults.default_device(device)
     r = registry.create("restorer", restorer.name, restorer.params)
     d = registry.create("defense", link.name, link.params)
     model = r.load(dev)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from arena.data import UDCData, data_hash
+from arena.defaults import default_device
 from arena.match import Clean, Outcome, Watch, clean_pass, evaluate, probe, rescore
 from arena.plan import Match, Spec
 from arena.plugins import load_registry
@@ -34,7 +35,7 @@ class Worker:
             # Ray starts workers with one torch thread; use the CPUs this worker was given
             torch.set_num_threads(max(1, int(threads)))
         self.registry = registry or load_registry()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.data = data
         self.hardened = hardened or {}
         self.samples = samples
@@ -204,7 +205,7 @@ def rescore_systems(job: dict[str, Any]) -> list[dict[str, Any]]:
     from arena.plan import DataSpec
 
     classes = job["classes"]
-    device = torch.device(job.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(job.get("device"))
     spec = DataSpec(**job["data"])
     data = load_data(spec.name, spec.split, root=spec.root, images=spec.images, size=spec.size, seed=spec.seed)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from arena.api import Defense, Field, Params
+from arena.api import Defense, Field, run_restorer
 from arena.hookspecs import hookimpl
 from arena.threat import Budget, System, Target
 from arena_plugins.attacks.pgd import PGD
-from arena_plugins.defenses.common import fine_tune, reconstruction_loss, restore
+from arena_plugins.defenses.common import FineTuneParams, fine_tune, reconstruction_loss
 
 
 class AdvTrain(Defense):
@@ -23,17 +23,13 @@ class AdvTrain(Defense):
     name = "advtrain"
     hardens = True
 
-    class Params(Params):
-        steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps")
-        lr: float = Field(1e-4, gt=0, le=1, description="initial learning rate (cosine to 0)")
-        batch: int = Field(8, ge=1, le=4096, description="training pairs per step")
+    class Params(FineTuneParams):
         norm: Literal["linf", "l2"] = Field("linf", description="norm of the training perturbations")
         eps: float = Field(8 / 255, gt=0, le=64, description="training radius, [0,1] image units")
         attack_steps: int = Field(5, ge=1, le=1000, description="PGD iterations per batch")
         step: float = Field(2.5, gt=0, le=100, description="PGD step as a multiple of eps/attack_steps")
         objective: Literal["mse", "l1", "ssim"] = Field("mse", description="loss PGD maximises")
         clean_weight: float = Field(0.5, ge=0, le=10, description="weight of the clean-input loss")
-        ssim_weight: float = Field(0.2, ge=0, le=10, description="weight of the 1 - SSIM term")
 
     def harden(self, restorer, model, data, generator):
         p = self.params
@@ -46,9 +42,9 @@ class AdvTrain(Defense):
             target = Target(System(net, [], code), "oblivious", p.objective, generator)
             x_adv = pgd.run(target, lq, hq, budget, generator)
             net.train().requires_grad_(True)
-            value = reconstruction_loss(restore(restorer, net, x_adv, code), hq, p.ssim_weight)
+            value = reconstruction_loss(run_restorer(net, x_adv, code, restorer.needs_psf), hq, p.ssim_weight)
             if p.clean_weight:
-                clean = reconstruction_loss(restore(restorer, net, lq, code), hq, p.ssim_weight)
+                clean = reconstruction_loss(run_restorer(net, lq, code, restorer.needs_psf), hq, p.ssim_weight)
                 value = value + p.clean_weight * clean
             return value
 

@@ -1,4 +1,5 @@
-"""Plumbing shared by the built-in defenses: ART transforms on tensors, restorer fine-tuning."""
+"""Plumbing shared by the built-in defenses: ART transforms on tensors, restorer fine-tuning
+and the parameters every fine-tuning defense takes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from arena.api import ConfigError, Restorer
+from arena.api import ConfigError, Field, Params, Restorer
 from arena.metrics import ssim
 
 
@@ -30,8 +31,14 @@ def through_numpy(fn: Callable[[np.ndarray], np.ndarray], x: torch.Tensor,
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
 
 
-def restore(restorer: Restorer, net: torch.nn.Module, x: torch.Tensor, code: torch.Tensor | None):
-    return net(x, code) if restorer.needs_psf else net(x)
+class FineTuneParams(Params):
+    """What :func:`fine_tune` and :func:`reconstruction_loss` take: one set of bounds for every
+    defense that fine-tunes the restorer (finetune, advtrain)."""
+
+    steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps")
+    lr: float = Field(1e-4, gt=0, le=1, description="initial learning rate (cosine to 0)")
+    batch: int = Field(8, ge=1, le=4096, description="training pairs per step")
+    ssim_weight: float = Field(0.2, ge=0, le=10, description="weight of the 1 - SSIM term")
 
 
 def reconstruction_loss(out: torch.Tensor, hq: torch.Tensor, ssim_weight: float) -> torch.Tensor:

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import torch
 
-from arena.api import Defense, Field
+from arena.api import Defense, Field, run_restorer
 from arena.hookspecs import hookimpl
-from arena_plugins.defenses.common import fine_tune, reconstruction_loss, restore
+from arena_plugins.defenses.common import FineTuneParams, fine_tune, reconstruction_loss
 from arena_plugins.defenses.diffpure import SAMPLER_HELP, PurifierSettings, Sampler
 
 NoiseLevel = Annotated[float, Field(ge=0, le=0.5)]
@@ -28,13 +28,9 @@ class FineTune(Defense):
     name = "finetune"
     hardens = True
 
-    class Params(PurifierSettings):
-        steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps")
-        lr: float = Field(1e-4, gt=0, le=1, description="initial learning rate (cosine to 0)")
-        batch: int = Field(8, ge=1, le=4096, description="training pairs per step")
+    class Params(FineTuneParams, PurifierSettings):
         t_stars: tuple[NoiseLevel, ...] = Field(
             (0.05, 0.1, 0.15), min_length=1, description="purification noise levels, one drawn per step")
-        ssim_weight: float = Field(0.2, ge=0, le=10, description="weight of the 1 - SSIM term")
         sampler: Sampler = Field("ddim", description=SAMPLER_HELP)
         purify_steps: int | None = Field(
             5, ge=1, le=1000, description="reverse steps per purification (None: sampler default)")
@@ -48,7 +44,7 @@ class FineTune(Defense):
             if p.t_stars[k] > 0:
                 with torch.no_grad():
                     lq = p.run(lq, p.t_stars[k], p.sampler, p.purify_steps, generator)
-            return reconstruction_loss(restore(restorer, net, lq, code), hq, p.ssim_weight)
+            return reconstruction_loss(run_restorer(net, lq, code, restorer.needs_psf), hq, p.ssim_weight)
 
         return fine_tune(restorer, model, data, generator, steps=p.steps, lr=p.lr, batch=p.batch,
                          loss=loss, desc="finetune", history=self.history)
