@@ -121,6 +121,7 @@ def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | N
     import csv
     import io
 
+    from arena.display import eps_label
     from arena.store import queries, views
     from arena.store.db import open_reader
 
@@ -146,7 +147,7 @@ def print_leaderboard(db: str, tournament_id: int | None = None, threat: str | N
         # the terminal gets flag names; reasons are on the dashboard
         r["flags"] = ", ".join(sorted({f.split(":")[0] for f in r["flags"].split("; ") if f}))
     for (threat_, norm, eps), members in groups.items():
-        click.echo(f"\n== {threat_} | {norm} eps={eps:.4g} ({eps * 255:.3g}/255) ==")
+        click.echo(f"\n== {threat_} | {norm} eps={eps_label(eps)} ==")
         ranked = [r for r in members if r["status"] == "ranked"]
         click.echo(queries.format_table(ranked, LEADERBOARD_COLUMNS) if ranked else "(no ranked system)")
         for status, title, columns in (
@@ -232,6 +233,7 @@ def _statuses(ctx, param, values) -> list[str]:
 @click.option("--full", is_flag=True, help="Each match's whole reason and stored error (traceback).")
 def matches_command(db, statuses, tournament, fmt, full):
     """List matches with their status, blame and reason (escape codes stripped)."""
+    from arena.display import eps_label, one_line, strip_ansi
     from arena.store import queries, views
     from arena.store.db import open_reader
 
@@ -240,9 +242,9 @@ def matches_command(db, statuses, tournament, fmt, full):
         tournament = queries.latest_tournament_id(engine)
     rows = views.match_list(engine, tournament, statuses)
     for r in rows:
-        r["reason"], r["error"] = views.strip_ansi(r["reason"]), views.strip_ansi(r["error"])
+        r["reason"], r["error"] = strip_ansi(r["reason"]), strip_ansi(r["error"])
         r["system"] = f"{r['restorer']} + {r['defense']}"
-        r["budget"] = f"{r['threat']} {r['norm']} eps={r['eps']:.4g}"
+        r["budget"] = f"{r['threat']} {r['norm']} eps={eps_label(r['eps'])}"
     if fmt == "json":
         keys = ["key", "tournament_id", "threat", "norm", "eps", "restorer", "defense", "attack", "attack_kind",
                 "seed", "status", "blame", "verified", "reason", "error", "attempts"]
@@ -259,7 +261,7 @@ def matches_command(db, statuses, tournament, fmt, full):
                 click.echo(r["error"].rstrip("\n"))
     else:
         for r in rows:
-            r["reason"] = views.one_line(r["reason"])
+            r["reason"] = one_line(r["reason"])
         click.echo(queries.format_table(rows, ["key", "budget", "system", "attack", "status", "blame", "reason"]))
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from arena.display import SAMPLE_KINDS, SAMPLE_TITLES, eps_label, one_line, reproduce_command, sample_path
 from arena.store import queries, views
 from arena.store.db import open_reader
 
@@ -74,9 +75,7 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -
 
 
 def _budget_title(b: dict[str, Any]) -> str:
-    k = b["eps"] * 255
-    eps = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{b['eps']:.4g}"
-    return f"{b['threat']}, {b['norm']} ε = {eps}"
+    return f"{b['threat']}, {b['norm']} ε = {eps_label(b['eps'])}"
 
 
 def _by_budget(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -109,9 +108,9 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
     if problems:
         lines += ["## Failed, disqualified and skipped matches", ""]
         for p in problems:
-            lines.append(f"- **{p['status']}** {p['threat']} {p['norm']} ε={p['eps']:.4g} "
-                         f"{p['restorer']} + {p['defense']} vs {p['attack']}: {_fmt(views.one_line(p['reason']), '{}')} "
-                         f"(`{views.reproduce_command(p['key'], db)}`)")
+            lines.append(f"- **{p['status']}** {p['threat']} {p['norm']} ε={eps_label(p['eps'])} "
+                         f"{p['restorer']} + {p['defense']} vs {p['attack']}: {_fmt(one_line(p['reason']), '{}')} "
+                         f"(`{reproduce_command(p['key'], db)}`)")
         lines.append("")
     for f in figures:
         lines += [f"![{f.stem}]({f.name})", ""]
@@ -199,16 +198,17 @@ def _gallery_sheet(engine, tid, rows, db, path: Path, max_images: int = 4) -> Pa
               key=lambda r: (r["threat"] == "adaptive", r["eps"], -r["rank"]), default=None)
     match = next((m for m in found if top and all(m[k] == top[k] for k in queries.GROUP)
                   and m["attack"] == top["worst_attack"]), found[0])
-    images = views.gallery(engine, match["id"], db)[:max_images]
-    kinds = views.SAMPLE_KINDS
+    images = views.gallery(engine, match["id"])[:max_images]
+    kinds = SAMPLE_KINDS
     fig, axes = plt.subplots(len(images), len(kinds), squeeze=False, figsize=(2.1 * len(kinds), 2.6 * len(images)))
     for img, ax_row in zip(images, axes):
         for kind, ax in zip(kinds, ax_row):
             ax.axis("off")
             p = img["paths"].get(kind)
-            if p and Path(p).is_file():
+            p = sample_path(p, db) if p else None
+            if p and p.is_file():
                 ax.imshow(Image.open(p), interpolation="nearest")
-            title = views.SAMPLE_TITLES[kind]
+            title = SAMPLE_TITLES[kind]
             if kind == "restored_clean" and img.get("clean_psnr") is not None:
                 title += f"\n{img['clean_psnr']:.2f} dB"
             if kind == "restored_adv" and img.get("adv_psnr") is not None:

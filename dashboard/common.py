@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from arena import display
 from arena.store import queries, views
 from arena.store.db import DEFAULT_DB, open_reader
 
@@ -49,10 +50,8 @@ def tournament_id() -> int | None:
 
 
 def eps_label(norm: str, eps: float) -> str:
-    """ε as a fraction of 255 where it is one (8/255), else as a decimal."""
-    k = eps * 255
-    frac = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-    return f"{norm} ε={frac}"
+    """The norm and ε, as a fraction of 255 where it is one (linf ε=8/255)."""
+    return f"{norm} ε={display.eps_label(eps)}"
 
 
 def budget_label(b: dict[str, Any]) -> str:

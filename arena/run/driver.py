@@ -20,12 +20,13 @@ from tqdm import tqdm
 
 import arena
 from arena.data import load_data
+from arena.display import results_dir, sample_file
 from arena.flags import refresh_flags
 from arena.plan import Match, Tournament, config_hash, plan
 from arena.plugins import Registry, describe, load_registry
 from arena.run.harden import hardened_key, hardening_failure, hardening_jobs, hardening_link
 from arena.store import write
-from arena.store.db import normalise_url, open_writer
+from arena.store.db import open_writer
 
 
 def code_version() -> str:
@@ -38,13 +39,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{arena.__version__}+{sha}" if sha else arena.__version__
-
-
-def results_dir(db: str) -> Path:
-    url = normalise_url(db)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///"):]).parent
-    return Path("arena-results")
 
 
 @dataclass
@@ -100,7 +94,7 @@ def match_row(match: Match, result: dict[str, Any], version: str,
 def save_samples(root: Path, match: Match, result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for s in result.get("samples") or []:
-        path = root / "samples" / match.key / f"{s['image']}_{s['kind']}.png"
+        path = sample_file(root, match.key, s["image"], s["kind"])
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(s["array"]).save(path)
         rows.append({"image": s["image"], "kind": s["kind"], "path": str(path)})

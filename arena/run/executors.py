@@ -13,9 +13,9 @@ from collections import defaultdict, deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
+from arena.display import strip_ansi  # Ray colours its error messages
 from arena.errors import ArenaError
 from arena.match import failed_result as failed
-from arena.store.views import strip_ansi  # Ray colours its error messages
 
 if TYPE_CHECKING:  # pragma: no cover
     from arena.data import UDCData

@@ -26,6 +26,15 @@ def normalise_url(db: str | Path) -> str:
     return db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
 
 
+def sqlite_path(db: str | Path) -> Path | None:
+    """The file of a SQLite database given as a URL or a plain path; None for any other
+    database, or SQLite in memory."""
+    parsed = make_url(normalise_url(db))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _sqlite_pragmas(engine: Engine, wal: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -44,8 +53,8 @@ def open_writer(db: str | Path) -> Engine:
     """
     url = normalise_url(db)
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_path(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError) as exc:
@@ -81,9 +90,9 @@ def open_reader(db: str | Path) -> Engine:
     url = normalise_url(db)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "")
-        if not path.is_file():
-            raise DatabaseError(f"database file {path} does not exist (run `arena run` first)")
+        path = sqlite_path(url)
+        if path is None or not path.is_file():
+            raise DatabaseError(f"database file {path or parsed.database} does not exist (run `arena run` first)")
         uri = f"file:{path.resolve()}?mode=ro"
         engine = create_engine(
             "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)

@@ -13,15 +13,14 @@ filter therefore changes the worst case, not just which rows are shown.
 from __future__ import annotations
 
 import math
-import re
-import shlex
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
+# strip_ansi: arena.match still imports it from here
+from arena.display import one_line, strip_ansi  # noqa: F401
 from arena.flags import tournament_flags
 from arena.store import models as m
 from arena.store.sql import GROUP, counted, fetch, scope
@@ -29,12 +28,6 @@ from arena.store.sql import GROUP, counted, fetch, scope
 BUDGET = ("threat", "norm", "eps")
 #: budgets are stored as floats (8/255); two within this are the same budget
 EPS_TOLERANCE = 1e-9
-SAMPLE_KINDS = ("lq", "adv", "delta", "restored_clean", "restored_adv", "hq")
-SAMPLE_TITLES = {
-    "lq": "UDC input", "adv": "adversarial input", "delta": "perturbation (amplified)",
-    "restored_clean": "restored (clean)", "restored_adv": "restored (adversarial)",
-    "hq": "ground truth",
-}
 #: a leaderboard row's status, in the order its blocks are shown
 STATUSES = ("ranked", "unverified", "unranked")
 #: flags (arena/flags.py) saying a system's gradients may be masked
@@ -43,8 +36,6 @@ MASKING_FLAGS = ("bad-gradient", "gradient-attacks-beaten")
 GRADIENT_FREE_KINDS = ("score-based", "decision-free", "transfer")
 #: a match's shown status: the stored one, except that a done match not verified is pending
 MATCH_STATUSES = ("done", "pending", "failed", "disqualified", "skipped")
-#: terminal escape codes (CSI colours and cursor moves, OSC titles and links, lone escapes)
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
 
 
 def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple, dict[str, float]]:
@@ -82,19 +73,6 @@ def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict
 
 def _key(row: dict[str, Any], names: Iterable[str] = GROUP) -> tuple:
     return tuple(row[n] for n in names)
-
-
-def strip_ansi(text: str | None) -> str | None:
-    """``text`` without terminal escape codes (a plugin's coloured traceback), for display;
-    the stored text is left as it was written."""
-    return ANSI.sub("", text) if text else text
-
-
-def one_line(text: str | None, width: int = 100) -> str:
-    """The first line of ``text``, without escape codes, cut to ``width`` characters."""
-    lines = (strip_ansi(text) or "").strip().splitlines()
-    line = lines[0] if lines else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def match_status(row: dict[str, Any]) -> str:
@@ -460,8 +438,9 @@ def gallery_matches(engine: Engine, tournament_id: int | None = None) -> list[di
                                        mt.c.defense, mt.c.attack, mt.c.seed))
 
 
-def gallery(engine: Engine, match_id: int, db: str | Path | None = None) -> list[dict[str, Any]]:
-    """Per sampled image of a match: its scores and the path of each saved picture."""
+def gallery(engine: Engine, match_id: int) -> list[dict[str, Any]]:
+    """Per sampled image of a match: its scores and the stored path of each saved picture
+    (:func:`arena.display.sample_path` finds where it is now)."""
     samples = fetch(engine, select(m.samples).where(m.samples.c.match_id == match_id).order_by(m.samples.c.id))
     scores = {r["image"]: r for r in fetch(engine, select(m.scores).where(m.scores.c.match_id == match_id))}
     images: dict[str, dict[str, Any]] = {}
@@ -469,30 +448,8 @@ def gallery(engine: Engine, match_id: int, db: str | Path | None = None) -> list
         entry = images.setdefault(smp["image"], {"image": smp["image"], "paths": {},
                                                  **{k: v for k, v in scores.get(smp["image"], {}).items()
                                                     if k not in ("id", "match_id", "image")}})
-        entry["paths"][smp["kind"]] = str(sample_path(smp["path"], db))
+        entry["paths"][smp["kind"]] = smp["path"]
     return list(images.values())
-
-
-def sample_path(stored: str, db: str | Path | None = None) -> Path:
-    """Where a stored sample is now: as stored, or (for a relative path written from another
-    working directory) under the SQLite database's folder, where the driver puts samples."""
-    path = Path(stored)
-    if path.is_file() or path.is_absolute() or db is None:
-        return path
-    db_file = _sqlite_file(str(db))
-    if db_file is not None and "samples" in path.parts:
-        moved = db_file.parent.joinpath(*path.parts[path.parts.index("samples"):])
-        if moved.is_file():
-            return moved
-    return path
-
-
-def _sqlite_file(db: str) -> Path | None:
-    if "://" not in db:
-        return Path(db).expanduser()
-    if db.startswith("sqlite:///") and db != "sqlite:///:memory:":
-        return Path(db[len("sqlite:///"):])
-    return None
 
 
 def problem_matches(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
@@ -526,8 +483,3 @@ def match_list(engine: Engine, tournament_id: int | None = None,
 def match_detail(engine: Engine, key: str) -> dict[str, Any] | None:
     rows = fetch(engine, select(m.matches).where(m.matches.c.key == key))
     return rows[0] if rows else None
-
-
-def reproduce_command(key: str, db: str | Path) -> str:
-    """The shell command that recomputes one stored match."""
-    return shlex.join(["arena", "reproduce", key, "--db", str(db)])

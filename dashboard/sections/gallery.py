@@ -1,7 +1,5 @@
 """Gallery: what an attack does to one image, from UDC input to restored output."""
 
-from pathlib import Path
-
 import streamlit as st
 from PIL import Image
 
@@ -34,7 +32,7 @@ c1, c2 = st.columns([3, 1])
 # open on the match that did the most damage: the one most worth looking at
 hardest = max(range(len(found)), key=lambda i: found[i]["clean_psnr"] - found[i]["adv_psnr"])
 match = c1.selectbox("Match", found, index=hardest, format_func=label)
-images = common.view("gallery", db, match["id"], db)
+images = common.view("gallery", db, match["id"])
 image = c2.selectbox("Image", images, format_func=lambda i: i["image"])
 
 captions = {
@@ -45,14 +43,15 @@ captions = {
     "restored_adv": f"restored, attacked: {image.get('adv_psnr', float('nan')):.2f} dB",
     "hq": "ground truth",
 }
-cols = st.columns(len(common.views.SAMPLE_KINDS))
-for col, kind in zip(cols, common.views.SAMPLE_KINDS):
+cols = st.columns(len(common.display.SAMPLE_KINDS))
+for col, kind in zip(cols, common.display.SAMPLE_KINDS):
     path = image["paths"].get(kind)
-    if path and Path(path).is_file():
+    path = common.display.sample_path(path, db) if path else None
+    if path and path.is_file():
         col.image(enlarged(path), caption=captions[kind], width="stretch")
     else:
         col.warning(f"{captions[kind]}: file missing ({path or 'not saved'})")
 
 st.caption("PSNR of the defended system's output against the ground truth. The amplified "
            "perturbation maps -ε..ε (ℓ∞) or the largest |δ| (ℓ2) onto black..white.")
-st.code(common.views.reproduce_command(match["key"], db), language="bash")
+st.code(common.display.reproduce_command(match["key"], db), language="bash")

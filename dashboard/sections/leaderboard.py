@@ -46,7 +46,7 @@ row = systems[label]
 members = common.view("system_matches", db, tid, threat=row["threat"], norm=row["norm"], eps=row["eps"],
                       restorer=row["restorer"], defense=row["defense"])
 for m in members:
-    m["command"] = common.views.reproduce_command(m["key"], db)
+    m["command"] = common.display.reproduce_command(m["key"], db)
 columns = ["attack", "attack_kind", "seed", "status", "adv_psnr", "n_images", "key", "command"]
 st.dataframe(common.frame(members, columns), hide_index=True,
              column_config={"adv_psnr": common.number("mean adv PSNR")})

@@ -7,7 +7,7 @@ import streamlit as st
 import common
 
 db, tid = common.db_url(), common.tournament_id()
-views = common.views
+display = common.display
 st.title("Runs")
 
 tournaments = common.query("tournaments", db)
@@ -41,8 +41,8 @@ if not problems:
     st.success("Every match of this selection finished and was scored.")
 else:
     for p in problems:  # a plugin's coloured traceback reads as plain text here
-        p["command"] = views.reproduce_command(p["key"], db)
-        p["reason"], p["error"] = views.strip_ansi(p["reason"]), views.strip_ansi(p["error"])
+        p["command"] = display.reproduce_command(p["key"], db)
+        p["reason"], p["error"] = display.strip_ansi(p["reason"]), display.strip_ansi(p["error"])
     st.dataframe(common.frame(problems, ["status", "blame", "threat", "norm", "eps", "restorer", "defense", "attack",
                                          "seed", "reason", "attempts", "key", "command"]),
                  hide_index=True, key="problems",
@@ -62,7 +62,7 @@ if all_matches:
                      format_func=lambda m: (f"{m['status']} · {m['threat']} · "
                                             f"{common.eps_label(m['norm'], m['eps'])} · "
                                             f"{m['restorer']} + {m['defense']} · {m['attack']} ({m['key']})"))
-    st.code(views.reproduce_command(m["key"], db), language="bash")
+    st.code(display.reproduce_command(m["key"], db), language="bash")
     st.caption(f"code {m['code_version']} · device {m['device']} · "
                f"versions {json.dumps(m['versions'] or {})}")
     with st.expander("Match spec (what the key hashes)"):
