@@ -367,6 +367,17 @@ class Defense(Component):
         """Differentiable stand-in for ``purify`` on the backward pass (BPDA)."""
         return x
 
+    def gradient_rule(self) -> str:
+        """The rule this instance's backward pass follows: ``exact``, ``bpda``, or a plugin's
+        own name for an approximation (``surrogate``). Anything but ``exact`` makes an adaptive
+        attack through it a lower bound, and its rows say so. Default: ``gradient``."""
+        return self.gradient
+
+    def exact(self) -> "Defense":
+        """This defense with the most exact gradient it offers (the same forward values): what
+        the standard suite attacks. Default: itself."""
+        return self
+
     def harden(
         self, restorer: Restorer, model: torch.nn.Module, data: UDCData, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:

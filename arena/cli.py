@@ -102,11 +102,12 @@ UNVERIFIED_COLUMNS = ["restorer", "defense", "clean_psnr", "robust_psnr", "robus
 UNRANKED_COLUMNS = ["restorer", "defense", "counts", "why"]
 #: every key of `arena leaderboard --format json|csv`, in order (README.md, "Leaderboard JSON")
 LEADERBOARD_KEYS = ["threat", "norm", "eps", "restorer", "defense", "rank", "status", "why",
-                    "clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "robust_psnr_mean",
-                    "robust_psnr_single", "drop_psnr", "drop_ssim",
+                    "clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "robust_psnr_worst",
+                    "robust_psnr_mean", "robust_psnr_fixed", "robust_psnr_single", "drop_psnr", "drop_ssim",
                     "worst_attack", "n_images", "n_attacks", "n_seeds", "robust_psnr_seed_mean",
                     "robust_psnr_seed_std", "planned", "done", "pending", "failed", "disqualified",
-                    "skipped", "attack_blamed", "defense_ms_per_mp", "peak_mem_mb", "flags"]
+                    "skipped", "attack_blamed", "not_converged", "escalated", "lower_bound", "defense_ms_per_mp",
+                    "peak_mem_mb", "flags"]
 FORMAT = click.Choice(["table", "json", "csv"])
 
 

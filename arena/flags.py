@@ -74,13 +74,14 @@ def compute_flags(engine: Engine, tournament_id: int | None = None) -> list[dict
     by_budget: dict[tuple, dict[str, dict]] = defaultdict(dict)  # one seed's matches at one budget
     by_attack_eps: dict[tuple, list[dict]] = defaultdict(list)  # one seed's matches of one attack
     for r in matches:
-        by_budget[(r["threat"], r["norm"], r["eps"], r["restorer"], r["defense"], r["seed"])][r["attack"]] = r
-        by_attack_eps[(r["threat"], r["norm"], r["restorer"], r["defense"], r["attack"], r["seed"])].append(r)
+        by_budget[_system(r)][_variant(r)] = r
+        by_attack_eps[(r["threat"], r["norm"], r["restorer"], r["defense"], _variant(r), r["seed"])].append(r)
         sg = r.get("start_grad")
         if sg and (not sg.get("finite", True) or sg.get("abs_mean", 1.0) <= ZERO_GRAD):
             flag(r, "bad-gradient", "zero or non-finite gradient at the start point "
                  f"(mean |grad| {sg.get('abs_mean')}, finite={sg.get('finite')})")
-        if r["threat"] == "adaptive" and _eot_used(r) <= 1 and _random(r) and r["attack_kind"] in GRADIENT_KINDS:
+        if r["threat"] == "adaptive" and _eot_used(r) <= 1 and _random(r) and r["attack_kind"] in GRADIENT_KINDS \
+                and not r.get("frozen"):  # a frozen match fixes the randomness on purpose
             flag(r, "no-eot", f"defense '{r['defense']}' is random but was attacked without EOT")
 
     for attacks in by_budget.values():
@@ -92,15 +93,9 @@ def compute_flags(engine: Engine, tournament_id: int | None = None) -> list[dict
                     and mean[r["id"]] > mean[fgsm["id"]] + TOLERANCE_DB:
                 flag(r, "weaker-than-fgsm", f"iterative attack '{name}' leaves {mean[r['id']]:.2f} dB, "
                      f"single-step FGSM {mean[fgsm['id']]:.2f} dB at the same budget")
-        grad = [r for r in attacks.values() if r["attack_kind"] in GRADIENT_KINDS]
-        other = [r for r in attacks.values() if r["attack_kind"] not in GRADIENT_KINDS]
-        for r in other:
-            imgs = per_image[r["id"]]
-            beaten = [i for i, v in imgs.items()
-                      if grad and all(v < per_image[g["id"]].get(i, float("inf")) - TOLERANCE_DB for g in grad)]
-            if beaten:
-                flag(r, "gradient-attacks-beaten", f"{r['attack_kind']} attack '{r['attack']}' beats every "
-                     f"gradient attack on {len(beaten)} of {len(imgs)} images: gradients may be masked")
+        for r, beaten in _beaten(attacks, per_image):
+            flag(r, "gradient-attacks-beaten", f"{r['attack_kind']} attack '{r['attack']}' beats every "
+                 f"gradient attack on {len(beaten)} of {len(per_image[r['id']])} images: gradients may be masked")
 
     for rows in by_attack_eps.values():
         rows = sorted(rows, key=lambda r: r["eps"])
@@ -120,6 +115,53 @@ def compute_flags(engine: Engine, tournament_id: int | None = None) -> list[dict
             flag(r, "adaptive-weaker", f"adaptive robust PSNR {value:.2f} dB is better than the "
                  f"oblivious {oblivious:.2f} dB: the adaptive attack is not working", attack="")
     return _once(flags)
+
+
+def _system(r: dict[str, Any]) -> tuple:
+    """One system at one budget and seed: what the flags compare matches within."""
+    return (r["threat"], r["norm"], r["eps"], r["restorer"], r["defense"], r["seed"])
+
+
+def _variant(r: dict[str, Any]) -> str:
+    """The attack, told apart from its frozen and escalated runs (arena/suite.py)."""
+    spec = r.get("spec") or {}
+    return r["attack"] + (" frozen" if spec.get("frozen") else "") + (" escalated" if spec.get("escalate") else "")
+
+
+def _beaten(attacks: dict[str, dict[str, Any]], per_image) -> list[tuple[dict[str, Any], list[str]]]:
+    """The gradient-free matches (score-based, decision-free, noise) of one system that beat
+    every gradient attack on some image, with those images. Escalated reruns do not count:
+    the flag stays on the row that called for them."""
+    attacks = {k: r for k, r in attacks.items() if not (r.get("spec") or {}).get("escalate")}
+    grad = [r for r in attacks.values() if r["attack_kind"] in GRADIENT_KINDS]
+    out = []
+    for r in attacks.values():
+        if r["attack_kind"] in GRADIENT_KINDS or not grad:
+            continue
+        beaten = [i for i, v in per_image[r["id"]].items()
+                  if all(v < per_image[g["id"]].get(i, float("inf")) - TOLERANCE_DB for g in grad)]
+        if beaten:
+            out.append((r, beaten))
+    return out
+
+
+def to_escalate(engine: Engine, tournament_id: int) -> dict[tuple, str]:
+    """The standard suite's second escalation: per system, budget and seed whose suite matches
+    are done (threat, norm, eps, restorer, defense, seed), why its white-box suite attacks must
+    be rerun through BPDA: a gradient-free attack beat every gradient attack on an image."""
+    matches, per_image = _load(engine, tournament_id)
+    by_budget: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in matches:
+        if r.get("suite") and r["threat"] == "adaptive":
+            by_budget[_system(r)][_variant(r)] = r
+    out = {}
+    for key, attacks in by_budget.items():
+        found = _beaten(attacks, per_image)
+        if found:
+            r, beaten = found[0]
+            out[key] = (f"{r['attack_kind']} attack '{r['attack']}' beat every gradient attack on "
+                        f"{len(beaten)} of {len(per_image[r['id']])} images")
+    return out
 
 
 def _once(flags: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -85,12 +85,15 @@ class Outcome:
     evaluations: int | None = None
     evaluation_limit: int | None = None
     probes: dict[str, Any] | None = None
+    protocol: dict[str, Any] | None = None  # the suite's EOT rule result and escalation
+    moved_db: float | None = None  # last_quarter_move_db of the trace
+    converged: bool | None = None
 
 
 def failed_result(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
     """A match that failed outside any plugin's code path we could attribute: the worker died,
     timed out, or could not start (``blame`` infra). Ray colours its messages: no ANSI codes."""
-    from arena.store.views import strip_ansi
+    from arena.display import strip_ansi
 
     return {"key": match.key, "status": "failed", "reason": strip_ansi(reason), "blame": "infra",
             "error": strip_ansi(error or reason),
@@ -156,7 +159,9 @@ def probe(system: System, fresh: Callable[[], System], like: torch.Tensor, seed:
       link declares ``random``;
     - statefulness: an input seen twice around another gives the same output both times, and the
       same as a freshly built system gives;
-    - gradients: under the declared rules they exist, are finite and not all zero.
+    - gradients: under the declared rules they exist, are finite and not all zero
+      (``gradient_masked`` if not: the standard suite escalates to BPDA instead of
+      disqualifying).
     """
     out: dict[str, Any] = {"violation": None}
     z = probe_image(like, seed)
@@ -200,14 +205,17 @@ def _probe_gradient(system: System, x: torch.Tensor, seed: int) -> dict[str, Any
             (grad,) = torch.autograd.grad(y.square().mean(), x)
     except Exception as exc:  # noqa: BLE001 - any failure of the declared gradient is the finding
         cause = exc.__cause__ or exc
-        return {"violation": f"probe: the gradient under the declared rules raised "
+        return {"gradient_masked": True,
+                "violation": f"probe: the gradient under the declared rules raised "
                              f"{type(cause).__name__}: {cause}"}
     rules = ", ".join(f"{type(link).name}={link.gradient}" for link in system.links)
     if not torch.isfinite(grad).all():
-        return {"violation": f"probe: non-finite gradient through the declared rules ({rules})"}
+        return {"gradient_masked": True,
+                "violation": f"probe: non-finite gradient through the declared rules ({rules})"}
     magnitude = float(grad.abs().mean())
     if magnitude == 0.0:
-        return {"violation": f"probe: zero gradient through the declared rules ({rules}): the "
+        return {"gradient_masked": True,
+                "violation": f"probe: zero gradient through the declared rules ({rules}): the "
                              "gradient is masked; declare gradient = 'bpda' with an approx"}
     return {"grad_abs_mean": magnitude}
 
@@ -307,11 +315,15 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
              samples: int = 0, surrogates: Callable | None = None, watch: Watch | None = None,
              models: dict[int, torch.nn.Module] | None = None,
              integrity: Callable[[], str | None] = lambda: None,
-             rebuild: Callable[[], System] | None = None) -> Outcome:
+             rebuild: Callable[[], System] | None = None, escalate: str | None = None,
+             eot_memo: dict | None = None) -> Outcome:
     """Attack the system on copies of the data; check the rules; score clean and adversarial.
 
     ``rebuild`` gives the system that scores the result: a new one, so nothing the attack did
-    to the instance it attacked (or its target's private parts) reaches the score."""
+    to the instance it attacked (or its target's private parts) reaches the score.
+    ``escalate`` (why, or None): attack a suite match's system through BPDA from the start.
+    Without it a suite's white-box attack under the adaptive threat is rerun through BPDA when
+    its start gradient is zero or non-finite (the standard suite's escalation)."""
     device = clean.out.device
     lq, hq = data.lq.to(device), data.hq.to(device)
     if device.type == "cuda":
@@ -322,14 +334,76 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
             reference = system.restore(lq.clone()).clamp(0, 1)
     kind = match.attack_kind  # what the class declared when the tournament was planned
     rounds = min(max(int(attack.rounds()), 1), MAX_ROUNDS)
-    eot = match.eot if (match.threat == "adaptive" and system.random) else 1
+    adaptive_white_box = match.threat == "adaptive" and kind == "white-box" and bool(system.links)
+    if match.suite and match.threat == "adaptive":  # the suite attacks the most exact gradients
+        system = System(system.model, [link.exact() for link in system.links], system.code)
+    can_escalate = bool(match.suite) and adaptive_white_box
+    escalated = escalate if can_escalate else None
+    approximated = [f"{type(link).name}={link.gradient_rule()}" for link in system.links
+                    if link.gradient_rule() != "exact"]
+    protocol: dict[str, Any] = {"lower_bound": ", ".join(approximated) if adaptive_white_box and approximated else None}
+    while True:
+        try:
+            eot = _eot_count(match, system, lq, hq, bool(escalated), eot_memo, protocol)
+        except SystemFault as exc:
+            return _judged(Outcome("done"), "failed", "system", str(exc), exc)
+        run = _attack_once(match, kind, system, attack, lq, hq, reference, rounds, eot, watch,
+                           surrogates, bpda=bool(escalated))
+        outcome, x_adv, ledger, target, caught, hooks, limit = run
+        outcome.timings = {"clean": clean.time_s, "attack": outcome.timings["attack"]}
+        repaired = integrity()  # always: whatever was damaged is put back before the next match
+        problem = (ledger.violation or hooks
+                   or (watch.problem(kind, models or {}, len(lq) * match.budget.queries + (limit or 0),
+                                     limit or 0) if watch is not None else None)
+                   or (f"the attack changed its declared kind to '{attack.kind}'" if attack.kind != kind else None)
+                   or repaired)
+        if problem:
+            return _judged(outcome, "disqualified", "attack", problem, caught)
+        if ledger.fault:
+            return _judged(outcome, "failed", "system", ledger.fault, caught)
+        if escalated is None and can_escalate and _masked(target.start_grad):
+            escalated = (f"start gradient {'non-finite' if not target.start_grad['finite'] else 'zero'} "
+                         "under the declared rules")
+            continue
+        break
+    protocol["escalated"] = escalated
+    outcome.protocol = protocol
+    if caught is not None:
+        return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
+    problem = verify(x_adv, lq, match.budget, ledger.queries)
+    if problem:
+        return _judged(outcome, "disqualified", "attack", problem)
+    x_adv = x_adv.detach().clone()
+    outcome.adv = x_adv.cpu().numpy().copy()
+    t1 = time.perf_counter()
+    try:  # scored by a system rebuilt after the attack, under the clean pass's draw (for a
+        # frozen match: the draw it was attacked under); the N draws of a random system are
+        # the fresh re-scoring's (the scores that count)
+        adv_out, drawn = draw_scores(rebuild() if rebuild else system, x_adv, hq, match.seed, False)
+    except SystemFault as exc:
+        return _judged(outcome, "failed", "system", str(exc), exc)
+    problem = integrity()
+    if problem:
+        return _judged(outcome, "disqualified", "system", problem)
+    outcome.timings["eval"] = time.perf_counter() - t1
+    outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, ledger.queries)
+    outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
+    if device.type == "cuda":
+        outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return outcome
+
+
+def _attack_once(match: Match, kind: str, system: System, attack: Attack, lq, hq, reference,
+                 rounds: int, eot: int, watch: Watch | None, surrogates, bpda: bool):
+    """One run of the attack on its oracle: (outcome so far, what it returned, ledger, target,
+    what it raised, what the watch saw of torch's global hooks, its evaluation bound)."""
     limit = match.budget.evaluation_limit(len(lq), rounds, eot) if kind in ("white-box", "transfer") else None
-    row_limit = (limit or 0) + len(lq) * match.budget.queries
     ledger = Ledger(len(lq))
     target = make_target(kind, system, match.threat, attack.params.objective,
                          generator(match.seed + 1), eot=eot, clean_out=reference.clone(),
                          hq=hq.clone(), lq=lq.clone(), budget=match.budget, rounds=rounds,
-                         surrogates=surrogates, ledger=ledger)
+                         surrogates=surrogates, ledger=ledger,
+                         freeze=match.seed if match.frozen else None, bpda=bpda)
     t0 = time.perf_counter()
     x_adv, caught, hooks = None, None, None
     if watch is not None:
@@ -343,42 +417,65 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     finally:
         if watch is not None:
             hooks = watch.disarm()
-    _sync(device)
+    _sync(lq.device)
+    moved = last_quarter_move_db(target.trace)
     outcome = Outcome("done", trace=list(target.trace), start_grad=target.start_grad,
                       gradient_calls=int(target.gradient_calls), eot_used=eot,
-                      evaluations=ledger.evaluations, evaluation_limit=limit)
-    outcome.timings = {"clean": clean.time_s, "attack": time.perf_counter() - t0}
-    repaired = integrity()  # always: whatever was damaged is put back before the next match
-    problem = (ledger.violation or hooks
-               or (watch.problem(kind, models or {}, row_limit, limit or 0) if watch is not None else None)
-               or (f"the attack changed its declared kind to '{attack.kind}'" if attack.kind != kind else None)
-               or repaired)
-    if problem:
-        return _judged(outcome, "disqualified", "attack", problem, caught)
-    if ledger.fault:
-        return _judged(outcome, "failed", "system", ledger.fault, caught)
-    if caught is not None:
-        return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
-    problem = verify(x_adv, lq, match.budget, ledger.queries)
-    if problem:
-        return _judged(outcome, "disqualified", "attack", problem)
-    x_adv = x_adv.detach().clone()
-    outcome.adv = x_adv.cpu().numpy().copy()
-    t1 = time.perf_counter()
-    try:  # scored by a system rebuilt after the attack, under the clean pass's draw; the N
-        # draws of a random system are the fresh re-scoring's (the scores that count)
-        adv_out, drawn = draw_scores(rebuild() if rebuild else system, x_adv, hq, match.seed, False)
-    except SystemFault as exc:
-        return _judged(outcome, "failed", "system", str(exc), exc)
-    problem = integrity()
-    if problem:
-        return _judged(outcome, "disqualified", "system", problem)
-    outcome.timings["eval"] = time.perf_counter() - t1
-    outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, ledger.queries)
-    outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
-    if device.type == "cuda":
-        outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    return outcome
+                      evaluations=ledger.evaluations, evaluation_limit=limit,
+                      moved_db=moved, converged=None if moved is None else moved <= NOT_CONVERGED_DB)
+    outcome.timings = {"attack": time.perf_counter() - t0}
+    return outcome, x_adv, ledger, target, caught, hooks, limit
+
+
+def _masked(start_grad: dict[str, Any] | None) -> bool:
+    return start_grad is not None and (not start_grad["finite"] or start_grad["abs_mean"] == 0.0)
+
+
+def _eot_count(match: Match, system: System, lq, hq, bpda: bool, memo: dict | None,
+               protocol: dict[str, Any]) -> int:
+    """The EOT count of the match: the config's, or for a suite match on a random system under
+    the adaptive threat the count of the rule (arena.suite.eot_count), measured once per
+    system, seed and gradient rule (``memo``) on the clean inputs, outside the attack's bound."""
+    from arena.suite import EOT_BY_RULE, by_label, eot_count
+
+    if not (match.threat == "adaptive" and system.random) or match.frozen:
+        return 1
+    if match.eot != EOT_BY_RULE:
+        return match.eot
+    memo = {} if memo is None else memo
+    key = (match.seed, bpda)
+    if key not in memo:
+        def draw(k: int) -> torch.Tensor:
+            x = lq.clone().requires_grad_(True)
+            with torch.enable_grad():
+                y = system.restore(system.purify_differentiable(x, generator(match.seed + 3 + 7919 * k), bpda=bpda))
+                try:
+                    (g,) = torch.autograd.grad((y - hq).pow(2).flatten(1).mean(1).sum(), x)
+                except RuntimeError as exc:
+                    raise SystemFault(f"the backward pass raised {type(exc).__name__}: {exc}") from exc
+            return g.detach()
+        memo[key] = eot_count(draw)
+    protocol["eot_rule"] = memo[key]
+    suite = by_label(match.suite)
+    return int(memo[key]["count"]) * (suite.eot_factor if suite else 1)
+
+
+#: A match whose last quarter of iterations still raised its loss by more than this many dB
+#: (for MSE objectives: moved robust PSNR) is "not converged".
+NOT_CONVERGED_DB = 0.1
+
+
+def last_quarter_move_db(trace: list[float]) -> float | None:
+    """How much the best loss so far rose over the last quarter of an iterative attack's
+    gradient calls, in dB (10 log10 of the ratio: for an MSE objective, the robust PSNR it
+    moved). None for fewer than 8 calls or a non-positive loss."""
+    if len(trace) < 8:
+        return None
+    best = np.maximum.accumulate(np.asarray(trace, dtype=np.float64))
+    start = best[(3 * len(best)) // 4 - 1]
+    if not np.isfinite(best[-1]) or start <= 0:
+        return None
+    return float(10 * np.log10(best[-1] / start))
 
 
 def _judged(outcome: Outcome, status: str, blame: str, reason: str, exc: BaseException | None = None) -> Outcome:

@@ -98,6 +98,12 @@ class Match(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     #: the attack suite (name-version) this match belongs to, or None for a listed attack
     suite: str | None = None
+    #: the random links' randomness frozen to the match seed during the attack and its scoring
+    #: (the standard suite's fixed-randomness score); part of the key only when set
+    frozen: bool = False
+    #: rerun through BPDA (identity backward) because a gradient-free attack beat every
+    #: gradient attack on an image (the standard suite's escalation); in the key only when set
+    escalate: bool = False
     status: Literal["planned", "skipped"] = "planned"
     reason: str | None = None
 
@@ -107,13 +113,15 @@ class Match(BaseModel):
 
     @property
     def key(self) -> str:
-        ident = self.model_dump(mode="json", exclude={"status", "reason", "attack_kind"})
+        unset = {k for k in ("frozen", "escalate") if not getattr(self, k)}
+        ident = self.model_dump(mode="json", exclude={"status", "reason", "attack_kind"} | unset)
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def label(self) -> str:
         return (
-            f"{self.restorer.name} | {self.defense_label} | {self.attack.name} | "
+            f"{self.restorer.name} | {self.defense_label} | {self.attack.name}"
+            f"{' (frozen)' if self.frozen else ''}{' (escalated)' if self.escalate else ''} | "
             f"{self.threat} {self.budget.label()}"
         )
 
@@ -184,9 +192,9 @@ def _surrogate(registry: Registry, attack: Spec) -> tuple[Spec, ...]:
     return (Spec(name=name, params=params.model_dump(mode="json")),)
 
 
-def _attacks(registry: Registry, t: Tournament, restorer: Spec) -> list[tuple[Spec, dict[str, int], str | None]]:
+def _attacks(registry: Registry, t: Tournament, restorer: Spec) -> list[tuple[Spec, dict[str, int], str | None, bool]]:
     """The attacks a restorer faces: those listed, then each named suite's, as
-    (spec, budget overrides, suite label)."""
+    (spec, budget overrides, suite label, frozen variant wanted)."""
     from arena.suite import SUITES
 
     out = []
@@ -194,27 +202,29 @@ def _attacks(registry: Registry, t: Tournament, restorer: Spec) -> list[tuple[Sp
         item = _as_dict(raw, "attack")
         suite = SUITES.get(item["name"]) if item["name"] not in registry.entries["attack"] else None
         if suite is None:
-            out.append((_spec(registry, "attack", item), {}, None))
+            out.append((_spec(registry, "attack", item), {}, None, False))
             continue
         if len(item) > 1:
             raise ConfigError(f"suite '{suite.name}' takes no parameters: its attacks, iterations and "
                               f"queries are fixed (version {suite.version})")
-        out += [(_spec(registry, "attack", entry), overrides, suite.label)
-                for entry, overrides in suite.for_restorer(restorer.name)]
+        out += [(_spec(registry, "attack", entry), overrides, suite.label, frozen)
+                for entry, overrides, frozen in suite.for_restorer(restorer.name)]
     return out
 
 
 def plan(t: Tournament, registry: Registry) -> list[Match]:
     """Every threat × budget × restorer × defense × attack match, pruned by capability."""
+    from arena.suite import EOT_BY_RULE
+
     restorers = [_spec(registry, "restorer", _as_dict(r, "restorer")) for r in t.restorers]
     defenses = [_chain(registry, _as_dict(d, "defense")) for d in t.defenses]
     attacks = {r.model_dump_json(): _attacks(registry, t, r) for r in restorers}
-    surrogates = {a.model_dump_json(): _surrogate(registry, a) for faced in attacks.values() for a, _, _ in faced}
+    surrogates = {a.model_dump_json(): _surrogate(registry, a) for faced in attacks.values() for a, *_ in faced}
     names = [s.model_dump_json() for s in restorers]
     if len(set(names)) != len(names):
         raise ConfigError("the config lists the same restorer twice with the same parameters")
     for faced in attacks.values():
-        listed = [(a.model_dump_json(), suite) for a, _, suite in faced]
+        listed = [(a.model_dump_json(), suite) for a, _, suite, _ in faced]
         if len(set(listed)) != len(listed):
             raise ConfigError("the config lists the same attack twice with the same parameters")
     has_psf = t.data.name not in DATASETS_WITHOUT_PSF
@@ -222,23 +232,26 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
     for threat, budget, r, d, seed in itertools.product(
         t.threat_models, t.budgets, restorers, defenses, t.seeds or [t.seed]
     ):
-        for a, overrides, suite in attacks[r.model_dump_json()]:
+        random = any(registry.get("defense", x.name, allow_unavailable=True).cls.random for x in d)
+        for a, overrides, suite, frozen in attacks[r.model_dump_json()]:
             reason = next((f"{role} '{s.name}' is unavailable: {e.unavailable}"
                            for role, s in (("restorer", r), ("attack", a), *(("defense", x) for x in d),
                                            *(("restorer", x) for x in surrogates[a.model_dump_json()]))
                            for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
             if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
                 reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
-            matches.append(
+            variants = [False, True] if (frozen and random and threat == "adaptive") else [False]
+            matches += [
                 Match(
                     restorer=r, defense=d, attack=a,
                     attack_kind=registry.get("attack", a.name, allow_unavailable=True).cls.kind,
                     budget=budget.model_copy(update=overrides) if overrides else budget,
-                    threat=threat, eot=t.eot_samples, data=t.data, seed=seed,
-                    versions=versions(registry, r, d, a), suite=suite,
+                    threat=threat, eot=EOT_BY_RULE if suite else t.eot_samples, data=t.data, seed=seed,
+                    versions=versions(registry, r, d, a), suite=suite, frozen=fixed,
                     status="skipped" if reason else "planned", reason=reason,
                 )
-            )
+                for fixed in variants
+            ]
     return matches
 
 

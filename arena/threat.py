@@ -71,14 +71,17 @@ class System:
         return x
 
     @_faults("a defense link")
-    def purify_differentiable(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def purify_differentiable(self, x: torch.Tensor, generator: torch.Generator,
+                              bpda: bool = False) -> torch.Tensor:
+        """The links under their declared gradient rules; with ``bpda`` (the standard suite's
+        escalation) every link's backward pass is the identity, whatever it declares."""
         for link in self.links:
-            if link.gradient == "exact":
+            if link.gradient == "exact" and not bpda:
                 x = link.purify(x, generator)
             else:  # BPDA: forward is the real transform, backward goes through approx
                 with torch.no_grad():
                     y = link.purify(x, generator)
-                a = link.approx(x)
+                a = x if bpda else link.approx(x)
                 x = a + (y - a).detach()
         return x
 
@@ -126,12 +129,16 @@ class QueryTarget:
     def __init__(self, system: System, threat: ThreatModel, objective: str,
                  generator: torch.Generator, eot: int = 1, clean_out: torch.Tensor | None = None,
                  *, hq: torch.Tensor | None = None, budget: Budget | None = None, rounds: int = 1,
-                 ledger: Ledger | None = None):
+                 ledger: Ledger | None = None, freeze: int | None = None, bpda: bool = False):
         self._system = system
         self.threat = threat
         self.objective = objective
         self.generator = generator
-        self.eot = eot if (threat == "adaptive" and system.random) else 1
+        #: fixed randomness: every evaluation draws from a generator seeded with ``freeze``,
+        #: so a random system is one deterministic function (the suite's fixed-randomness score)
+        self._freeze = freeze
+        self._bpda = bpda  # escalation: identity backward through every defense link
+        self.eot = eot if (threat == "adaptive" and system.random and freeze is None) else 1
         self._clean_out = clean_out
         self._hq = hq
         self._budget = budget
@@ -190,6 +197,12 @@ class QueryTarget:
             raise
         finally:
             self._ledger.inside -= 1
+
+    def _draw(self) -> torch.Generator:
+        """The generator of the next evaluation's randomness."""
+        if self._freeze is None:
+            return self.generator
+        return torch.Generator(device="cpu").manual_seed(self._freeze)
 
     def _restore(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         rows, key = self._ledger.model_rows, id(self._system.model)
@@ -263,7 +276,7 @@ class QueryTarget:
         if rows is not None and (self.strict or hq is None):
             ref = ref[rows.to(ref.device)]
         # a copy: a defense that writes into its input must not reach the attack's tensor
-        out = self._run(lambda: self._restore(self._system.purify(x.clone(), self.generator), rows))
+        out = self._run(lambda: self._restore(self._system.purify(x.clone(), self._draw()), rows))
         return objective_loss(self.objective, out, ref)
 
 
@@ -301,7 +314,7 @@ class Target(QueryTarget):
         def run():
             y = x.clone()  # a defense that writes into its input must not reach the attack's tensor
             if self.threat == "adaptive":
-                y = self._system.purify_differentiable(y, self.generator)
+                y = self._system.purify_differentiable(y, self._draw(), bpda=self._bpda)
             return self._restore(y, rows)
         return self._run(run)
 
@@ -372,9 +385,11 @@ class TransferTarget(QueryTarget):
 def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
                 generator: torch.Generator, *, eot: int, clean_out: torch.Tensor | None,
                 hq: torch.Tensor, lq: torch.Tensor, budget: Budget, rounds: int,
-                surrogates: Callable | None = None, ledger: Ledger | None = None) -> QueryTarget:
+                surrogates: Callable | None = None, ledger: Ledger | None = None,
+                freeze: int | None = None, bpda: bool = False) -> QueryTarget:
     """The oracle an attack of ``kind`` gets for one match (strict: own reference, budget)."""
-    common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds, ledger=ledger)
+    common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds, ledger=ledger,
+                  freeze=freeze, bpda=bpda)
     if kind == "white-box":
         return Target(system, threat, objective, generator, **common)
     if kind == "transfer":

@@ -1,6 +1,6 @@
 """Is the standard suite converged? Robust PSNR per system under the last release's default
 attacks (FGSM, PGD-10 with 2 restarts, noise), under `standard`, and under `standard` with its
-iterations and queries doubled, side by side with wall time.
+iterations, queries and EOT draws doubled, side by side with wall time.
 
     .venv/bin/python benchmarks/bench_suite.py [--restorers unet nafnet] [--defenses none jpeg]
         [--eps 4 8] [--threats oblivious adaptive] [--images 8] [--size 32]
@@ -28,7 +28,7 @@ OLD_DEFAULT = ["fgsm", {"name": "pgd", "random_start": False, "restarts": 2}, "n
 
 
 def doubled(suite):
-    return replace(suite, version=f"{suite.version}x2", attacks=tuple(
+    return replace(suite, version=f"{suite.version}x2", eot_factor=2 * suite.eot_factor, attacks=tuple(
         replace(a, steps=a.steps and 2 * a.steps, queries=a.queries and 2 * a.queries) for a in suite.attacks))
 
 

@@ -253,8 +253,10 @@ def test_curves_page_has_both_threat_models(app):
     assert not app.exception
     assert [s.value for s in app.subheader] == ["oblivious", "adaptive"]
     charts = app.get("vega_lite_chart")
-    assert len(charts) == 2
+    assert len(charts) == 3  # robust PSNR vs eps for both threat models, then vs iterations
     assert '"field": "eps_255"' in charts[0].proto.spec
+    assert '"field": "iteration"' in charts[2].proto.spec
+    assert [h.value for h in app.header] == ["PSNR vs attack iterations"]
 
 
 def test_gallery_page_shows_the_six_pictures_with_psnr(app, arena_db):

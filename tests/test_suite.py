@@ -21,7 +21,7 @@ def test_standard_expands_to_its_fixed_attacks_per_restorer(registry):
     t = config(restorers=["identity", "unet"], defenses=["none"], attacks=["fgsm", "standard"])
     matches = plan(t, registry)
     suite = [m for m in matches if m.suite]
-    assert {m.suite for m in suite} == {STANDARD.label} == {"standard-1"}
+    assert {m.suite for m in suite} == {STANDARD.label} == {"standard-2"}
     assert len(suite) == 2 * len(STANDARD.attacks) and len(matches) == len(suite) + 2
     by = {(m.restorer.name, m.attack.name): m for m in suite}
     assert by[("identity", "apgd")].budget.steps == 50  # the suite's iterations, not the config's 3
@@ -30,7 +30,7 @@ def test_standard_expands_to_its_fixed_attacks_per_restorer(registry):
     # transfer crafts on another restorer than the one attacked
     assert by[("identity", "transfer")].attack.params["surrogate"] == "unet"
     assert by[("unet", "transfer")].attack.params["surrogate"] == "nafnet"
-    assert "suite standard-1: 8 of them" in summarise_plan(matches)
+    assert "suite standard-2: 8 of them" in summarise_plan(matches)
 
 
 def test_the_suite_version_is_part_of_the_key(registry, monkeypatch):
@@ -40,9 +40,9 @@ def test_the_suite_version_is_part_of_the_key(registry, monkeypatch):
 
     t = config(restorers=["identity"], defenses=["none"], attacks=["standard"])
     before = {m.key for m in plan(t, registry)}
-    monkeypatch.setitem(suite_module.SUITES, "standard", replace(STANDARD, version="2"))
+    monkeypatch.setitem(suite_module.SUITES, "standard", replace(STANDARD, version="3"))
     after = plan(t, registry)
-    assert {m.suite for m in after} == {"standard-2"}
+    assert {m.suite for m in after} == {"standard-3"}
     assert before.isdisjoint({m.key for m in after})  # a new version reruns everything
 
 
@@ -59,7 +59,7 @@ def test_a_tournament_with_the_suite_runs_and_stores_it(tmp_path, registry):
     report = run_tournament(t, db, executor="local", progress=False, registry=registry)
     assert report.counts["done"] == len(STANDARD.attacks)
     rows = queries.matches(open_reader(db))
-    assert {r["suite"] for r in rows} == {"standard-1"}
+    assert {r["suite"] for r in rows} == {"standard-2"}
     assert {r["attack"] for r in rows} == {a.name for a in STANDARD.attacks}
     [board] = queries.leaderboard(open_reader(db))
     assert board["status"] == "ranked" and board["n_attacks"] == len(STANDARD.attacks)

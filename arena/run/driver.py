@@ -87,7 +87,11 @@ def match_row(match: Match, result: dict[str, Any], version: str,
         "evaluations": result.get("evaluations"), "evaluation_limit": result.get("evaluation_limit"),
         "probes": result.get("probes"),
         "minimum_norm": attack.minimum_norm if attack is not None else None,  # a trait the flags read
-        "suite": match.suite,
+        "suite": match.suite, "frozen": match.frozen,
+        "escalated": (result.get("protocol") or {}).get("escalated"),
+        "lower_bound": (result.get("protocol") or {}).get("lower_bound"),
+        "moved_db": result.get("moved_db"), "converged": result.get("converged"),
+        "protocol": result.get("protocol"),
     }
 
 
@@ -125,6 +129,11 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         {k: v for k, v in describe(e).items() if k in ("role", "name", "kind", "package", "version")}
         | {"params": e.cls.param_table()} for e in registry.all()
     ])
+    escalated = escalations(engine, tid, matches)  # what the stored results already call for
+    stored.update(write.stored_statuses(engine, [m.key for m in escalated]))
+    pending += [m for m in escalated
+                if stored.get(m.key) is None or (rerun_failed and stored.get(m.key) == "failed")]
+    matches += escalated
     report = RunReport(tid, len(matches))
     todo = []
     for m in pending:
@@ -173,6 +182,13 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
                 on_start(m)
                 on_result(m, unhardened[m.key])
         ex.run([m for m in todo if m.key not in unhardened], data, hardened, on_result, on_start)
+        known = {m.key for m in matches}
+        more = [m for m in escalations(engine, tid, matches) if m.key not in known]
+        if more:  # the standard suite's escalation: reruns through BPDA, then re-scored with the rest
+            matches += more
+            report.planned = len(matches)
+            bar.total += len(more)
+            ex.run(more, data, hardened, on_result, on_start)
         bar.close()
         report.counts.update(rescore_tournament(engine, tid, ex, registry, hardened, t))
     finally:
@@ -180,6 +196,19 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         ex.close()
         refresh_flags(engine, tid)
     return report
+
+
+def escalations(engine, tid: int, matches: list[Match]) -> list[Match]:
+    """Escalated copies (BPDA through every link) of the white-box suite matches of each system
+    whose stored results show a gradient-free attack beating every gradient attack on an image
+    (arena.flags.to_escalate)."""
+    from arena.flags import to_escalate
+
+    systems = to_escalate(engine, tid)
+    return [m.model_copy(update={"escalate": True}) for m in matches
+            if m.suite and m.threat == "adaptive" and m.attack_kind == "white-box" and not m.escalate
+            and m.status == "planned"
+            and (m.threat, m.budget.norm, m.budget.eps, m.restorer.name, m.defense_label, m.seed) in systems]
 
 
 def rescore_tournament(engine, tid: int, ex, registry: Registry, hardened: dict[str, str],

@@ -43,6 +43,7 @@ class Worker:
         self._pristine: dict[int, dict[str, torch.Tensor]] = {}  # id(model) -> its weights
         self._clean: dict[tuple, Clean] = {}
         self._probes: dict[tuple, dict[str, Any]] = {}
+        self._eot: dict[tuple, dict] = {}  # per system: the suite's EOT rule results
         self._data_hash = data.hash
         # bytes are immutable: a plugin that finds this copy cannot change what is put back
         self._data_bytes = tuple(None if t is None else t.numpy().tobytes() for t in self._tensors())
@@ -155,7 +156,10 @@ class Worker:
             checks = self.probes(match, system)
             if checks.get("fault"):
                 return Outcome("failed", reason=checks["fault"], blame="system", probes=checks)
-            if checks.get("violation"):
+            escalate = "a gradient-free attack beat every gradient attack on an image" if match.escalate else None
+            if checks.get("violation") and checks.get("gradient_masked") and match.suite:
+                escalate = checks["violation"]  # the standard suite attacks through BPDA instead
+            elif checks.get("violation"):
                 return Outcome("disqualified", reason=checks["violation"], blame="system", probes=checks)
             clean = self.clean(match, system)
         except Exception as exc:  # noqa: BLE001 - whatever the system raised fails its match
@@ -172,7 +176,8 @@ class Worker:
             outcome = evaluate(match, system, attack, self.data, clean, samples=self.samples,
                                surrogates=self.surrogate, watch=self.watch,
                                models={id(m): m for m in self._models.values()}, integrity=self.integrity,
-                               rebuild=lambda: self.system(match))
+                               rebuild=lambda: self.system(match), escalate=escalate,
+                               eot_memo=self._eot.setdefault(self._clean_key(match)[:2], {}))
         except Exception as exc:  # noqa: BLE001 - the arena's own code failing: not a plugin's fault
             return _failed("infra", exc)
         outcome.probes = checks

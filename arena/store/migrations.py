@@ -58,7 +58,21 @@ def m003_enforcement(conn: Connection) -> None:
         models.flags.create(conn)
 
 
-MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement]
+M004_COLUMNS = (("frozen", "BOOLEAN"), ("escalated", "TEXT"), ("lower_bound", "TEXT"),
+                ("moved_db", "FLOAT"), ("converged", "BOOLEAN"), ("protocol", "JSON"))
+
+
+def m004_standard_protocol(conn: Connection) -> None:
+    """The standard suite's protocol: fixed-randomness matches, escalation to BPDA, attacks
+    through approximate gradients (lower bounds), the convergence of every iterative attack,
+    and the EOT rule's measurement."""
+    have = {c["name"] for c in inspect(conn).get_columns("matches")}
+    for name, sql_type in M004_COLUMNS:
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
+
+
+MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 

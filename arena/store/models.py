@@ -97,6 +97,13 @@ matches = Table(
     Column("probes", JSON),  # the worker's probes of the system's declarations
     Column("minimum_norm", Boolean),  # the attack is minimum-norm (arena/flags.py reads it)
     Column("suite", String(40)),  # the attack suite (name-version, arena/suite.py) or NULL
+    # m004: the standard suite's protocol (arena/suite.py, README "The standard evaluation")
+    Column("frozen", Boolean),  # the random links' randomness frozen to the seed (fixed-randomness score)
+    Column("escalated", Text),  # why the suite attacked through BPDA instead of the declared rules
+    Column("lower_bound", Text),  # the links an adaptive white-box attack only approximated (bpda, surrogate)
+    Column("moved_db", Float),  # the best loss's rise over the last quarter of the attack, in dB
+    Column("converged", Boolean),  # moved_db <= arena.match.NOT_CONVERGED_DB (NULL: not iterative)
+    Column("protocol", JSON),  # the EOT rule's measurement (count, cosine, reference draws)
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 

@@ -16,11 +16,10 @@ import math
 from collections import Counter
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
-# strip_ansi: arena.match still imports it from here
-from arena.display import one_line, strip_ansi  # noqa: F401
+from arena.display import one_line
 from arena.flags import tournament_flags
 from arena.store import models as m
 from arena.store.sql import GROUP, counted, fetch, scope
@@ -106,7 +105,8 @@ def _groups(tournament_id: int | None, keys: tuple[str, ...], **filters):
     id sharing them. Grouping the score rows by this integer instead of by the text columns
     themselves halves the cost of the big GROUP BY (SQLite sorts the keys)."""
     mt = m.matches
-    stmt = select(mt.c.id, mt.c.attack, mt.c.seed, *(mt.c[k] for k in keys if k not in ("attack", "seed")),
+    stmt = select(mt.c.id, mt.c.attack, mt.c.seed, mt.c.frozen,
+                  *(mt.c[k] for k in keys if k not in ("attack", "seed")),
                   func.min(mt.c.id).over(partition_by=[mt.c[k] for k in keys]).label("gid"))
     return _where(scope(stmt, tournament_id), **filters).subquery()
 
@@ -115,26 +115,37 @@ def robust_table(engine: Engine, tournament_id: int | None = None,
                  keys: tuple[str, ...] = GROUP, **filters) -> list[dict[str, Any]]:
     """Mean over images of the per-image worst case, one row per distinct ``keys``."""
     s, g = m.scores, _groups(tournament_id, keys, **filters)
+    frozen = g.c.frozen.is_(True)
+
+    def drawn(col):  # the column where the match drew the randomness, NULL where it froze it
+        return case((frozen, None), else_=col)
+
     per_image = select(
         g.c.gid,
         func.avg(s.c.clean_psnr).label("clean_psnr"),
         func.avg(s.c.clean_ssim).label("clean_ssim"),
-        # a random system's image counts at its worst of N draws; the expectation and the
-        # single draw of its clean pass are shown beside it
-        func.min(func.coalesce(s.c.adv_psnr_worst, s.c.adv_psnr)).label("robust_psnr"),
-        func.min(func.coalesce(s.c.adv_ssim_worst, s.c.adv_ssim)).label("robust_ssim"),
-        func.min(func.coalesce(s.c.adv_psnr_mean, s.c.adv_psnr)).label("robust_psnr_mean"),
-        func.min(s.c.adv_psnr).label("robust_psnr_single"),
+        # a random system's image counts at its worst of N draws, and at the fixed-randomness
+        # score of the frozen matches; the expectation and the single draw of its clean pass
+        # are shown beside them
+        func.min(drawn(func.coalesce(s.c.adv_psnr_worst, s.c.adv_psnr))).label("worst"),
+        func.min(case((frozen, s.c.adv_psnr))).label("robust_psnr_fixed"),
+        func.min(case((frozen, s.c.adv_ssim), else_=func.coalesce(s.c.adv_ssim_worst, s.c.adv_ssim))).label("robust_ssim"),
+        func.min(drawn(func.coalesce(s.c.adv_psnr_mean, s.c.adv_psnr))).label("robust_psnr_mean"),
+        func.min(drawn(s.c.adv_psnr)).label("robust_psnr_single"),
         func.count(func.distinct(g.c.attack)).label("n_attacks"),
         func.count(func.distinct(g.c.seed)).label("n_seeds"),
     ).select_from(s.join(g, s.c.match_id == g.c.id)).group_by(g.c.gid, s.c.image).subquery()
+    w, f = per_image.c.worst, per_image.c.robust_psnr_fixed
+    robust = case((f.is_(None), w), (w.is_(None), f), (w < f, w), else_=f)  # per image, the lower
     per_group = select(
         per_image.c.gid,
         func.avg(per_image.c.clean_psnr).label("clean_psnr"),
         func.avg(per_image.c.clean_ssim).label("clean_ssim"),
-        func.avg(per_image.c.robust_psnr).label("robust_psnr"),
+        func.avg(robust).label("robust_psnr"),
         func.avg(per_image.c.robust_ssim).label("robust_ssim"),
+        func.avg(per_image.c.worst).label("robust_psnr_worst"),
         func.avg(per_image.c.robust_psnr_mean).label("robust_psnr_mean"),
+        func.avg(per_image.c.robust_psnr_fixed).label("robust_psnr_fixed"),
         func.avg(per_image.c.robust_psnr_single).label("robust_psnr_single"),
         func.count().label("n_images"),
         func.max(per_image.c.n_attacks).label("n_attacks"),
@@ -257,7 +268,9 @@ def _board_order(r: dict[str, Any]) -> tuple:
 
 def _unscored(k: tuple) -> dict[str, Any]:
     """The leaderboard row of a system with no counted match: its numbers are empty."""
-    return {**dict(zip(GROUP, k)), **dict.fromkeys(("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim")),
+    return {**dict(zip(GROUP, k)), **dict.fromkeys(("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim",
+                                                     "robust_psnr_worst", "robust_psnr_mean",
+                                                     "robust_psnr_fixed", "robust_psnr_single")),
             "n_images": 0, "n_attacks": 0, "n_seeds": 0}
 
 
@@ -272,7 +285,7 @@ def standings(engine: Engine, tournament_id: int | None = None, *, threat: str |
     """
     mt = m.matches
     stmt = select(*(mt.c[g] for g in GROUP), mt.c.attack_kind, mt.c.status, mt.c.blame, mt.c.verified,
-                  mt.c.reason)
+                  mt.c.reason, mt.c.converged, mt.c.escalated, mt.c.lower_bound)
     stmt = _narrow(scope(stmt, tournament_id), threat=threat, restorers=restorers, defenses=defenses)
     masked: dict[tuple, set[str]] = {}
     for f in flags(engine, tournament_id):
@@ -311,6 +324,11 @@ def _standing(matches: list[dict[str, Any]], masked: set[str]) -> dict[str, Any]
     return {"status": status, "planned": len(matches),
             **{s: counts[s] for s in MATCH_STATUSES},
             "attack_blamed": sum(len(v) for k, v in failures.items() if k[1] == "attack"),
+            # the standard suite's protocol: iterative attacks whose last quarter still moved
+            # the loss by more than 0.1 dB, and attacks rerun through BPDA
+            "not_converged": sum(1 for r in matches if match_status(r) == "done" and r["converged"] is False),
+            "escalated": sum(1 for r in matches if match_status(r) == "done" and r["escalated"]),
+            "lower_bound": sum(1 for r in matches if match_status(r) == "done" and r["lower_bound"]),
             "why": "; ".join(why)}
 
 
@@ -410,6 +428,35 @@ def eps_curves(engine: Engine, tournament_id: int | None = None, *, norm: str,
     for r in rows:
         r["system"] = f"{r['restorer']} + {r['defense']}"
     return sorted(rows, key=lambda r: (r["threat"], r["system"], r["attack"], r["eps"]))
+
+
+def convergence_curves(engine: Engine, tournament_id: int | None = None, *, norm: str,
+                       restorers: Iterable[str] | None = None, defenses: Iterable[str] | None = None,
+                       attacks: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Robust PSNR against attack iterations (CosPGD's figure): per counted iterative match on
+    an MSE objective, the PSNR of its best mean loss so far after each gradient call, with
+    whether the match converged (arena.match.NOT_CONVERGED_DB)."""
+    mt = m.matches
+    stmt = select(mt.c.threat, mt.c.eps, mt.c.restorer, mt.c.defense, mt.c.attack, mt.c.seed,
+                  mt.c.frozen, mt.c.escalated, mt.c.spec, mt.c.trace, mt.c.converged, mt.c.moved_db)
+    stmt = _where(scope(stmt, tournament_id), norm=norm, restorers=restorers, defenses=defenses,
+                  attacks=attacks).where(mt.c.attack_kind == "white-box")
+    out = []
+    for r in fetch(engine, stmt.order_by(mt.c.id)):
+        objective = ((r["spec"] or {}).get("attack") or {}).get("params", {}).get("objective")
+        trace = r["trace"] or []
+        if objective not in ("mse", "mse_clean") or len(trace) < 2:
+            continue
+        label = r["attack"] + (" (frozen)" if r["frozen"] else "") + (" (escalated)" if r["escalated"] else "")
+        best = -math.inf
+        for k, loss in enumerate(trace, 1):
+            best = max(best, loss)
+            if best > 0:
+                out.append({"threat": r["threat"], "eps": r["eps"], "system": f"{r['restorer']} + {r['defense']}",
+                            "attack": label, "seed": r["seed"], "iteration": k,
+                            "robust_psnr": -10 * math.log10(best), "converged": r["converged"],
+                            "moved_db": r["moved_db"]})
+    return out
 
 
 def system_matches(engine: Engine, tournament_id: int | None = None, *, threat: str, norm: str,

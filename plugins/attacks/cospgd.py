@@ -6,6 +6,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from arena.api import Field
 from arena.hookspecs import hookimpl
+from arena.metrics import ssim_window
 from arena_plugins.attacks.pgd import PGD, objective
 
 
@@ -15,10 +16,8 @@ def pixel_loss(name: str, out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return (out - ref).pow(2)
     if name == "l1":
         return (out - ref).abs()
-    size = min(11, (min(out.shape[-2:]) // 2) * 2 - 1)  # the window arena.metrics.ssim uses
     _, full = structural_similarity_index_measure(
-        out, ref, data_range=1.0, reduction="none", kernel_size=size, sigma=1.5 * size / 11,
-        return_full_image=True)
+        out, ref, data_range=1.0, reduction="none", return_full_image=True, **ssim_window(out.shape))
     return 1.0 - full
 
 

@@ -85,6 +85,12 @@ class DiffPure(Defense):
             "surrogate (short DDIM on the backward pass) or bpda (identity backward)")
         surrogate_steps: int = Field(4, ge=1, le=100, description="DDIM steps of the surrogate")
 
+    def gradient_rule(self) -> str:
+        return "exact" if self.params.grad_mode == "full" else self.params.grad_mode
+
+    def exact(self) -> "DiffPure":
+        return type(self)(self.params.model_copy(update={"grad_mode": "full"}))
+
     def purify(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         p = self.params
         start = load_purifier(p.weights, x.device).draw_start(x, generator)
