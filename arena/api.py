@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from arena.errors import ArenaError  # defined torch-free, so the store's errors derive from it too
 
@@ -55,12 +56,18 @@ class Params(BaseModel):
 #: Most runs of ``budget.steps`` iterations an attack may declare (``Attack.rounds``).
 MAX_ROUNDS = 100
 
+#: Largest ε per norm. L∞: 1 is the whole [0, 1] range, so more is a typo ("300/255"). L2: a
+#: fixed generous bound, the diameter of a 3x37x37 image (practical L2 budgets are below 10); the
+#: image size is not known to a Budget, and beyond an image's diameter the ball is only larger.
+MAX_EPS = {"linf": 1.0, "l2": 64.0}
+
 
 class Budget(Params):
     """What an attack may spend: norm ball, iterations and model queries."""
 
     norm: Literal["linf", "l2"] = "linf"
-    eps: float = Field(8 / 255, gt=0, le=64, description="radius, in [0,1] image units")
+    eps: float = Field(8 / 255, gt=0, le=MAX_EPS["l2"], description="radius, in [0,1] image units "
+                       "(linf: at most 1, l2: at most 64)")
     steps: int = Field(10, ge=1, le=100_000, description="iterations of iterative attacks")
     queries: int = Field(1000, ge=1, le=10_000_000, description="query limit per image")
 
@@ -73,6 +80,14 @@ class Budget(Params):
                 return float(Fraction(v.replace(" ", "")))
             except (ValueError, ZeroDivisionError):
                 raise ValueError("eps must be a number or a fraction like '8/255'") from None
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _in_range(cls, v, info):
+        norm = info.data.get("norm", "linf")
+        if v > MAX_EPS[norm]:
+            raise PydanticCustomError("eps_range", f"must be at most {MAX_EPS[norm]:g} for norm {norm}")
         return v
 
     def label(self) -> str:

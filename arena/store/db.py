@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError as SQLDatabaseError
+from sqlalchemy.exc import SQLAlchemyError
 
 from arena.errors import ArenaError
 from arena.store.migrations import check_current, migrate
 
 DEFAULT_DB = "arena-results/arena.db"
 BUSY_TIMEOUT_MS = 5000
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class DatabaseError(ArenaError, RuntimeError):
@@ -46,6 +49,40 @@ def _sqlite_pragmas(engine: Engine, wal: bool) -> None:
         cur.close()
 
 
+def _refuse_foreign_file(path: Path) -> None:
+    """Refuse, before SQLite touches it (WAL mode rewrites the header), a file that is not an
+    SQLite database, or one that holds other tables and no udc-arena schema. Empty: a new one."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DatabaseError(f"{path} is not a udc-arena database: not a file")
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if not head:
+        return
+    if head != SQLITE_HEADER:
+        raise DatabaseError(f"{path} is not a udc-arena database: not an SQLite file")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # locked, or unreadable: the writer's own open says which, in one line
+    if tables and "schema_migrations" not in tables:
+        raise DatabaseError(f"{path} is not a udc-arena database: it has other tables "
+                            f"({', '.join(sorted(tables)[:5])}) and no schema_migrations")
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create folder {path.parent} for database {path}: "
+                            f"{exc.strerror or exc}") from None
+
+
 def open_writer(db: str | Path) -> Engine:
     """Open (creating and migrating if needed) the results database for the driver.
 
@@ -54,7 +91,8 @@ def open_writer(db: str | Path) -> Engine:
     url = normalise_url(db)
     parsed = make_url(url)
     if (path := sqlite_path(url)) is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_foreign_file(path)
+        _make_parent(path)
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError) as exc:
@@ -66,9 +104,32 @@ def open_writer(db: str | Path) -> Engine:
             migrate(conn)
         if parsed.get_backend_name() == "sqlite":
             _probe_write_lock(engine)
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot open database {url!r}: {exc.orig}") from None
+    except SQLDatabaseError as exc:
+        raise _open_error(url, exc) from None
     return engine
+
+
+def _open_error(url: str, exc: SQLDatabaseError) -> DatabaseError:
+    if "file is not a database" in str(exc.orig):
+        return DatabaseError(f"{sqlite_path(url) or url} is not a udc-arena database: {exc.orig}")
+    return DatabaseError(f"cannot open database {url!r}: {exc.orig}")
+
+
+def _read_only_folder(path: Path) -> bool:
+    """No one may write the folder: then no writer can be running, and SQLite's side files
+    (-wal, -shm) could not be made. The mode bits count too, so that root honours a chmod."""
+    folder = path.resolve().parent
+    return not os.access(folder, os.W_OK) or not folder.stat().st_mode & 0o222
+
+
+def _sqlite_reader_uri(path: Path) -> str:
+    """``mode=ro``, plus ``immutable=1`` (no locks, no side files) in a read-only folder unless
+    a write-ahead log lies beside the file: its pages are part of the database."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if _read_only_folder(path) and not (wal.is_file() and wal.stat().st_size):
+        uri += "&immutable=1"
+    return uri
 
 
 def _probe_write_lock(engine: Engine) -> None:
@@ -93,7 +154,7 @@ def open_reader(db: str | Path) -> Engine:
         path = sqlite_path(url)
         if path is None or not path.is_file():
             raise DatabaseError(f"database file {path or parsed.database} does not exist (run `arena run` first)")
-        uri = f"file:{path.resolve()}?mode=ro"
+        uri = _sqlite_reader_uri(path)
         engine = create_engine(
             "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
         )
@@ -106,6 +167,6 @@ def open_reader(db: str | Path) -> Engine:
     try:
         with engine.connect() as conn:
             check_current(conn)
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot open database {url!r}: {exc.orig}") from None
+    except SQLDatabaseError as exc:
+        raise _open_error(url, exc) from None
     return engine
