@@ -32,7 +32,8 @@ def test_gpu_work_lands_only_on_gpu_nodes_and_never_oversubscribes(tmp_path):
         report = run_tournament(t, db, executor="ray", progress=False, registry=load_registry())
         assert report.counts == {"done": 8}
         rows = queries.matches(open_reader(db))
-        assert {r["node"] for r in rows} == {gpu_node.node_id}
+        # the stored node: "host (first 8 hex of the node id, its CPUs and GPUs)"
+        assert {r["node"].split(" (")[1] for r in rows} == {f"{gpu_node.node_id[:8]}, 2 CPU, 2 GPU)"}
         events = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
         running = peak = 0
         for _, step in events:

@@ -400,3 +400,15 @@ def test_views_agree_on_postgres_and_sqlite(tmp_path):
             got = strip(getattr(views, name)(pg, **kwargs))
             assert got, name
             assert got == strip(getattr(views, name)(lite, **kwargs)), name
+
+
+def test_runs_page_says_which_host_ran_the_matches(app, arena_db):
+    import socket
+
+    app.switch_page("sections/runs.py").run()
+    app.selectbox(key="tournament").set_value("all").run()
+    assert not app.exception
+    nodes = next(df.value for df in app.dataframe if "node" in df.value.columns)
+    assert list(nodes["node"]) == [socket.gethostname()]  # the local executor: this host
+    assert nodes["matches"].sum() == len(queries.matches(open_reader(arena_db[0])))
+    assert any(f"node {socket.gethostname()}" in c.value for c in app.caption)

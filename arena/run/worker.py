@@ -228,10 +228,21 @@ def rescore_systems(job: dict[str, Any]) -> list[dict[str, Any]]:
     return rescore([(builder(s), s["entries"]) for s in job["systems"]], data, device)
 
 
-def ray_node() -> str | None:
-    """The Ray node this worker runs on, if it runs under Ray."""
+def ray_node() -> str:
+    """Where this worker runs, readable after the cluster is gone: the host name, and under Ray
+    the node id's first 8 hex digits and the node's CPUs and GPUs, "gpu-3 (1f0c2a9e, 16 CPU, 2 GPU)"."""
+    import socket
+
+    host = socket.gethostname()
     if "ray" not in sys.modules:
-        return None
+        return host[:100]  # the column's width
     import ray
 
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    if not ray.is_initialized():
+        return host[:100]
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    res = node.get("Resources", {})
+    counts = "".join(f", {res[k]:g} {k}" for k in ("CPU", "GPU") if res.get(k))
+    detail = f" ({node_id[:8]}{counts})"
+    return node.get("NodeManagerHostname", host)[:100 - len(detail)] + detail

@@ -55,15 +55,26 @@ else:
                                                 f"{p['attack']} ({p['key']})"))
         st.code(p["error"], language="text")
 
-st.header("Reproduce a match")
 all_matches = common.query("matches", db, tid)
+st.header("Where matches ran")
+placed: dict[tuple, dict] = {}
+for m in all_matches:  # node: host name (Ray node id, its CPUs and GPUs), as the worker saw it
+    row = placed.setdefault((m["node"] or "not recorded", m["device"] or ""),
+                            {"node": m["node"] or "not recorded", "device": m["device"], "matches": 0, "hours": 0.0})
+    row["matches"] += 1
+    if m["started_at"] and m["finished_at"]:
+        row["hours"] += (m["finished_at"] - m["started_at"]) / 3600
+st.dataframe(common.frame(list(placed.values()), ["node", "device", "matches", "hours"]), hide_index=True,
+             key="nodes", column_config={"hours": common.number("hours", "%.3f")})
+
+st.header("Reproduce a match")
 if all_matches:
     m = st.selectbox("Match", all_matches, key="reproduce-match",
                      format_func=lambda m: (f"{m['status']} · {m['threat']} · "
                                             f"{common.eps_label(m['norm'], m['eps'])} · "
                                             f"{m['restorer']} + {m['defense']} · {m['attack']} ({m['key']})"))
     st.code(display.reproduce_command(m["key"], db), language="bash")
-    st.caption(f"code {m['code_version']} · device {m['device']} · "
+    st.caption(f"code {m['code_version']} · node {m['node']} · device {m['device']} · "
                f"versions {json.dumps(m['versions'] or {})}")
     with st.expander("Match spec (what the key hashes)"):
         st.json(m["spec"])
