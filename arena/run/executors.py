@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -143,9 +144,7 @@ class RayExecutor:
         self.t, self.ray = t, ray
         self._owns_ray = not ray.is_initialized()  # leave a cluster we joined as we found it
         if self._owns_ray:
-            with neutral_cwd():
-                ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                         configure_logging=False)
+            connect_ray(ray, address)
         self._check_resources()
 
     def _check_resources(self) -> None:
@@ -297,6 +296,43 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+#: Seconds to wait for a TCP answer from ``--address`` before calling the cluster unreachable
+#: (Ray itself retries a dead address for minutes).
+PROBE_TIMEOUT_S = 5.0
+#: Ports Ray listens on when an address names none: the GCS, and the Ray Client server.
+DEFAULT_PORTS = {"": 6379, "ray://": 10001}
+
+
+def connect_ray(ray, address: str | None) -> None:
+    """Start a private local Ray instance (no address: never the cluster of the machine's last
+    ``ray start`` or ``RAY_ADDRESS``) or join ``address``, failing in seconds, in one line."""
+    if address not in (None, "", "local", "auto"):
+        probe_address(address)
+    try:
+        with neutral_cwd():
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        where = f"at {address!r}" if address else "locally"
+        raise ExecutorError(f"cannot start or reach a Ray cluster {where}: {_first_line(exc)}") from None
+
+
+def probe_address(address: str) -> None:
+    """Fail at once, naming the address, unless something answers on its host and port."""
+    scheme = "ray://" if address.startswith("ray://") else ""
+    hostport = address[len(scheme):].split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, str(DEFAULT_PORTS[scheme])
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except ValueError:
+        raise ExecutorError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'") from None
+    except OSError as exc:
+        raise ExecutorError(f"no Ray cluster at {address!r}: "
+                            f"{exc.strerror or type(exc).__name__} ({host}:{port})") from None
 
 
 def _first_line(exc: BaseException) -> str:
