@@ -181,7 +181,7 @@ def run(config, db, executor, address, dry_run, rerun_failed, device, quiet):
     t = read_config(config)
     registry = load_registry()
     if dry_run:
-        click.echo(summarise_plan(plan(t, registry)))
+        click.echo(summarise_plan(plan(t, registry), registry))
         return
     report = run_tournament(t, db, executor=executor, address=address, rerun_failed=rerun_failed,
                             device=device, progress=not quiet, registry=registry)

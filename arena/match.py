@@ -88,6 +88,7 @@ class Outcome:
     protocol: dict[str, Any] | None = None  # the suite's EOT rule result and escalation
     moved_db: float | None = None  # last_quarter_move_db of the trace
     converged: bool | None = None
+    shareable: bool = False  # the batch may serve the other matches of its computation
 
 
 def failed_result(match: Match, reason: str, attempts: int = 1, error: str | None = None) -> dict[str, Any]:
@@ -121,12 +122,19 @@ def clean_pass(system: System, lq: torch.Tensor, hq: torch.Tensor, seed: int) ->
         _sync(device)
         t1 = time.perf_counter()
         out = system.restore(purified).clamp(0, 1)
-    _sync(device)
-    t2 = time.perf_counter()
+        _sync(device)
+        t2 = time.perf_counter()
+        defense_s = t1 - t0
+        if any(link.transforms_input for link in system.links):
+            # the defense's cost is timed warm, on a second purification of the same batch: the
+            # first may load weights, allocate or compile, once per worker and not per image
+            system.purify(lq.clone(), generator(seed))
+            _sync(device)
+            defense_s = time.perf_counter() - t2
     if not torch.isfinite(out).all():
         raise SystemFault("the system returned non-finite values on the clean input")
     megapixels = lq.shape[0] * lq.shape[-1] * lq.shape[-2] / 1e6
-    return Clean(out, psnr(out, hq), ssim(out, hq), 1000 * (t1 - t0) / megapixels, t2 - t0)
+    return Clean(out, psnr(out, hq), ssim(out, hq), 1000 * defense_s / megapixels, t2 - t0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -316,14 +324,16 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
              models: dict[int, torch.nn.Module] | None = None,
              integrity: Callable[[], str | None] = lambda: None,
              rebuild: Callable[[], System] | None = None, escalate: str | None = None,
-             eot_memo: dict | None = None) -> Outcome:
+             eot_memo: dict | None = None, given: dict[str, Any] | None = None) -> Outcome:
     """Attack the system on copies of the data; check the rules; score clean and adversarial.
 
     ``rebuild`` gives the system that scores the result: a new one, so nothing the attack did
     to the instance it attacked (or its target's private parts) reaches the score.
     ``escalate`` (why, or None): attack a suite match's system through BPDA from the start.
     Without it a suite's white-box attack under the adaptive threat is rerun through BPDA when
-    its start gradient is zero or non-finite (the standard suite's escalation)."""
+    its start gradient is zero or non-finite (the standard suite's escalation).
+    ``given``: the result of another match of the same attack computation (arena/run/share.py):
+    its adversarial batch is verified and scored here instead of attacking again."""
     device = clean.out.device
     lq, hq = data.lq.to(device), data.hq.to(device)
     if device.type == "cuda":
@@ -342,6 +352,9 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     approximated = [f"{type(link).name}={link.gradient_rule()}" for link in system.links
                     if link.gradient_rule() != "exact"]
     protocol: dict[str, Any] = {"lower_bound": ", ".join(approximated) if adaptive_white_box and approximated else None}
+    if given is not None:
+        return _score(match, system, data, clean, lq, hq, samples, integrity, rebuild,
+                      *_reused(given, clean, protocol))
     while True:
         try:
             eot = _eot_count(match, system, lq, hq, bool(escalated), eot_memo, protocol)
@@ -368,9 +381,32 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
         break
     protocol["escalated"] = escalated
     outcome.protocol = protocol
+    outcome.shareable = not ledger.saw_system
     if caught is not None:
         return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
-    problem = verify(x_adv, lq, match.budget, ledger.queries)
+    return _score(match, system, data, clean, lq, hq, samples, integrity, rebuild, outcome, x_adv, ledger.queries)
+
+
+def _reused(given: dict[str, Any], clean: Clean, protocol: dict[str, Any]) -> tuple[Outcome, torch.Tensor, None]:
+    """The outcome and batch of a match that reuses another's attack computation: the attack's
+    record is the computing match's; its own attack time is zero."""
+    outcome = Outcome("done", trace=list(given["trace"] or []), start_grad=given["start_grad"],
+                      gradient_calls=given["gradient_calls"], eot_used=given["eot_used"],
+                      evaluations=given["evaluations"], evaluation_limit=given["evaluation_limit"],
+                      moved_db=given["moved_db"], converged=given["converged"],
+                      protocol={**(given["protocol"] or {}), **protocol, "computed_in": given["key"]})
+    outcome.timings = {"clean": clean.time_s, "attack": 0.0}
+    return outcome, torch.from_numpy(np.array(given["adv"], dtype=np.float32)), None
+
+
+def _score(match: Match, system: System, data: UDCData, clean: Clean, lq, hq, samples: int,
+           integrity: Callable[[], str | None], rebuild: Callable[[], System] | None,
+           outcome: Outcome, x_adv, queries) -> Outcome:
+    """Verify the adversarial batch against the rules, then score it with a rebuilt system."""
+    device = lq.device
+    if type(x_adv) is torch.Tensor and x_adv.device != device:  # a reused batch arrives on the CPU
+        x_adv = x_adv.to(device)
+    problem = verify(x_adv, lq, match.budget, queries)
     if problem:
         return _judged(outcome, "disqualified", "attack", problem)
     x_adv = x_adv.detach().clone()
@@ -386,7 +422,7 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     if problem:
         return _judged(outcome, "disqualified", "system", problem)
     outcome.timings["eval"] = time.perf_counter() - t1
-    outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, ledger.queries)
+    outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, queries)
     outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
     if device.type == "cuda":
         outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20

@@ -113,6 +113,9 @@ class Ledger:
         self.violation: str | None = None
         self.fault: str | None = None
         self.inside = 0  # > 0 while an oracle itself runs the system
+        #: the attack asked for something that depends on the defended system (a query, the
+        #: defended clean output): its batch cannot be shared with other defenses (arena/run/share.py)
+        self.saw_system = False
 
 
 class QueryTarget:
@@ -262,6 +265,7 @@ class QueryTarget:
               index: torch.Tensor | None = None) -> torch.Tensor:
         """Per-row loss of the full defended system, each row one query of its image."""
         self._check_input(x, "query")
+        self._ledger.saw_system = True
         n = self.images or x.shape[0]
         rows = self._rows(x, index, "query")
         counted = torch.arange(n) if rows is None else rows
@@ -290,6 +294,7 @@ class Target(QueryTarget):
 
     @property
     def clean_out(self) -> torch.Tensor | None:
+        self._ledger.saw_system = True
         return None if self._clean_out is None else self._clean_out.detach().clone()
 
     def reference(self, hq: torch.Tensor | None = None) -> torch.Tensor:

@@ -49,10 +49,14 @@ class RunReport:
     resumed: int = 0
 
 
-def summarise_plan(matches: list[Match]) -> str:
+def summarise_plan(matches: list[Match], registry: Registry | None = None) -> str:
+    from arena.run.share import computations
+
     planned = [m for m in matches if m.status == "planned"]
     skipped = [m for m in matches if m.status == "skipped"]
     lines = [f"{len(matches)} matches: {len(planned)} to run, {len(skipped)} skipped"]
+    if registry is not None:
+        lines[0] += f"; {computations(planned, registry)} attack computations (arena/run/share.py)"
     by = Counter((m.threat, m.budget.label()) for m in planned)
     for (threat, budget), n in sorted(by.items()):
         lines.append(f"  {threat:9s} {budget:22s} {n} matches")
@@ -107,7 +111,8 @@ def save_samples(root: Path, match: Match, result: dict[str, Any]) -> list[dict[
 
 def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: str | None = None,
                    rerun_failed: bool = False, device: str | None = None, progress: bool = True,
-                   command: str | None = None, registry: Registry | None = None) -> RunReport:
+                   command: str | None = None, registry: Registry | None = None,
+                   share: bool = True) -> RunReport:
     registry = registry or load_registry()
     matches = plan(t, registry)  # every config error surfaces here, before anything is written
     engine = open_writer(db)  # fails now if the database is locked or unreachable
@@ -181,7 +186,8 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
             if m.key in unhardened:
                 on_start(m)
                 on_result(m, unhardened[m.key])
-        ex.run([m for m in todo if m.key not in unhardened], data, hardened, on_result, on_start)
+        run_shared(ex, [m for m in todo if m.key not in unhardened], data, hardened, on_result, on_start,
+                   registry if share else None)
         known = {m.key for m in matches}
         more = [m for m in escalations(engine, tid, matches) if m.key not in known]
         if more:  # the standard suite's escalation: reruns through BPDA, then re-scored with the rest
@@ -196,6 +202,33 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         ex.close()
         refresh_flags(engine, tid)
     return report
+
+
+#: what a match that reuses another's attack computation takes from its result
+SHARED = ("key", "adv", "trace", "start_grad", "gradient_calls", "eot_used", "evaluations",
+          "evaluation_limit", "moved_db", "converged", "protocol")
+
+
+def run_shared(ex, matches: list[Match], data, hardened, on_result, on_start, registry: Registry | None) -> None:
+    """Run the matches, each attack computation once (arena/run/share.py): first one match per
+    computation, then the others with its result to verify and score. Without a registry, or
+    where the computing match failed or its attack looked at the defended system, a match
+    attacks for itself."""
+    from arena.run.share import split
+
+    computing, reuse = split(matches, registry) if registry is not None else (matches, {})
+    wanted, results = set(reuse.values()), {}
+
+    def keep(m: Match, result: dict[str, Any]) -> None:
+        if m.key in wanted and result["status"] == "done" and result.get("shareable"):
+            results[m.key] = {k: result.get(k) for k in SHARED}
+        on_result(m, result)
+
+    ex.run(computing, data, hardened, keep, on_start)
+    rest = [m for m in matches if m.key in reuse]
+    if rest:
+        ex.run(rest, data, hardened, on_result, on_start,
+               given={m.key: results[reuse[m.key]] for m in rest if reuse[m.key] in results})
 
 
 def escalations(engine, tid: int, matches: list[Match]) -> list[Match]:

@@ -78,6 +78,7 @@ class LocalExecutor:
 
     def __init__(self, t: Tournament, device: str | None = None, registry=None):
         self.t, self.device, self.registry = t, device, registry
+        self._worker = None
 
     def rescore(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         return rescore_in_subprocess(dict(job, device=self.device), rescore_timeout(self.t, job))
@@ -103,20 +104,24 @@ class LocalExecutor:
         return out
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
-            on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:
+            on_result: OnResult, on_start: Callable[[Match], None] | None = None,
+            given: dict[str, dict] | None = None) -> None:
         from arena.run.worker import Worker
 
         from arena.timeout import Timeout, deadline
 
-        worker = Worker(data, hardened, device=self.device, samples=self.t.samples_per_match,
-                        registry=self.registry)
+        if self._worker is None or self._worker.data is not data:  # warm across calls of a run
+            self._worker = Worker(data, hardened, device=self.device, samples=self.t.samples_per_match,
+                                  registry=self.registry)
+        worker = self._worker
+        worker.hardened = hardened or {}
         for match in matches:
             if on_start:
                 on_start(match)
             t0 = time.monotonic()
             try:
                 with deadline(self.t.timeout_s, "match"):
-                    result = dict(worker.run(match), attempts=1)
+                    result = dict(worker.run(match, (given or {}).get(match.key)), attempts=1)
             except Timeout as exc:
                 result = failed(match, str(exc))
             if time.monotonic() - t0 > self.t.timeout_s and result["status"] != "failed":
@@ -225,7 +230,8 @@ class RayExecutor:
         return cls.remote(data_ref, hardened, threads=self.t.num_cpus, samples=self.t.samples_per_match)
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
-            on_result: OnResult, on_start: Callable[[Match], None] | None = None) -> None:
+            on_result: OnResult, on_start: Callable[[Match], None] | None = None,
+            given: dict[str, dict] | None = None) -> None:
         ray = self.ray
         if not matches:
             return
@@ -256,7 +262,7 @@ class RayExecutor:
                 return
             if on_start:
                 on_start(m)
-            inflight[actors[i].run.remote(m.model_dump(mode="json"))] = (i, m, time.monotonic())
+            inflight[actors[i].run.remote(m.model_dump(mode="json"), (given or {}).get(m.key))] = (i, m, time.monotonic())
 
         try:
             for i in range(len(actors)):

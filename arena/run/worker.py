@@ -137,19 +137,21 @@ class Worker:
                 self._clean.clear()
         return problem
 
-    def run(self, match: Match | dict[str, Any]) -> dict[str, Any]:
-        """Evaluate one match; never raises for a plugin's fault, returns a failed outcome."""
+    def run(self, match: Match | dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate one match; never raises for a plugin's fault, returns a failed outcome.
+        ``given``: another match's result of the same attack computation, to score instead of
+        attacking (arena/run/share.py)."""
         if isinstance(match, dict):
             match = Match(**match)
         started = time.time()
         t0 = time.perf_counter()
-        outcome = self._run(match)
+        outcome = self._run(match, given)
         outcome.timings["total"] = time.perf_counter() - t0
         return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
                 "defense_ms_per_mp": self._clean_cost(match), "started_at": started,
                 "finished_at": time.time()}
 
-    def _run(self, match: Match) -> Outcome:
+    def _run(self, match: Match, given: dict[str, Any] | None = None) -> Outcome:
         """The match in stages, each failure blamed on whoever owns the stage."""
         try:  # the system: building it, probing its declarations, its clean pass
             system = self.system(match)
@@ -177,7 +179,7 @@ class Worker:
                                surrogates=self.surrogate, watch=self.watch,
                                models={id(m): m for m in self._models.values()}, integrity=self.integrity,
                                rebuild=lambda: self.system(match), escalate=escalate,
-                               eot_memo=self._eot.setdefault(self._clean_key(match)[:2], {}))
+                               eot_memo=self._eot.setdefault(self._clean_key(match)[:2], {}), given=given)
         except Exception as exc:  # noqa: BLE001 - the arena's own code failing: not a plugin's fault
             return _failed("infra", exc)
         outcome.probes = checks
