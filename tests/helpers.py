@@ -91,3 +91,15 @@ def require_tool(found, name: str):
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"CI=true: {name} is required (scripts/test.sh installs it)", pytrace=False)
     pytest.skip(f"{name} is not installed (scripts/test.sh installs it as root)")
+
+
+#: The smallest tournament a CLI test writes to a file: the tiny restorer, FGSM, 2 images of 16 px.
+TINY_TOML = '''
+[data]
+images = 2
+size = 16
+[[restorers]]
+name = "tiny"
+[[attacks]]
+name = "fgsm"
+'''

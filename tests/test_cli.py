@@ -18,16 +18,9 @@ def write_config(tmp_path, body):
     return str(p)
 
 
-BASE = '''
-name = "cli"
-[data]
-images = 2
-size = 16
-[[restorers]]
-name = "tiny"
-[[attacks]]
-name = "fgsm"
-'''
+from helpers import TINY_TOML  # noqa: E402
+
+BASE = 'name = "cli"\n' + TINY_TOML
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

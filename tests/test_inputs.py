@@ -13,16 +13,9 @@ from arena.store import views, write
 from arena.store.db import DatabaseError, open_reader, open_writer
 from arena.threat import Budget
 
-CONFIG = '''
-name = "inputs"
-[data]
-images = 2
-size = 16
-[[restorers]]
-name = "tiny"
-[[attacks]]
-name = "fgsm"
-'''
+from helpers import TINY_TOML  # noqa: E402
+
+CONFIG = 'name = "inputs"\n' + TINY_TOML
 
 
 def run(*args):

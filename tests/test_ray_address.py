@@ -13,16 +13,9 @@ from arena.plan import parse_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CONFIG = '''
-name = "address"
-[data]
-images = 2
-size = 16
-[[restorers]]
-name = "tiny"
-[[attacks]]
-name = "fgsm"
-'''
+from helpers import TINY_TOML  # noqa: E402
+
+CONFIG = 'name = "address"\n' + TINY_TOML
 
 
 def closed_port() -> int:
