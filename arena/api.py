@@ -62,6 +62,16 @@ MAX_ROUNDS = 100
 MAX_EPS = {"linf": 1.0, "l2": 64.0}
 
 
+def fraction(v: Any) -> Any:
+    """A radius as a config writes it: "8/255" reads better than 0.03137. Other values pass."""
+    if isinstance(v, str):
+        try:
+            return float(Fraction(v.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError("must be a number or a fraction like '8/255'") from None
+    return v
+
+
 class Budget(Params):
     """What an attack may spend: norm ball, iterations and model queries."""
 
@@ -74,13 +84,10 @@ class Budget(Params):
     @field_validator("eps", mode="before")
     @classmethod
     def _fraction(cls, v):
-        # "8/255" reads better in a config than 0.03137...
-        if isinstance(v, str):
-            try:
-                return float(Fraction(v.replace(" ", "")))
-            except (ValueError, ZeroDivisionError):
-                raise ValueError("eps must be a number or a fraction like '8/255'") from None
-        return v
+        try:
+            return fraction(v)
+        except ValueError as exc:
+            raise ValueError(f"eps {exc}") from None
 
     @field_validator("eps")
     @classmethod

@@ -24,13 +24,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from arena.api import ArenaError, ConfigError, describe_validation_error
+from arena.api import ArenaError, ConfigError, describe_validation_error, fraction
 from arena.data import UDCData, load_data
 from arena.match import Clean, clean_pass, draw_scores, evaluate, evaluation_seeds
 from arena.plan import DataSpec, Match, parse_config, plan
@@ -40,16 +39,6 @@ from arena.threat import System
 DEFAULT_HI = {"linf": 32 / 255, "l2": 4.0}
 #: The drop below clean PSNR that breaks an image when neither floor nor drop is given.
 DEFAULT_DROP_DB = 3.0
-
-
-def _fraction(v: Any) -> Any:
-    """"8/255" reads better than 0.0314 (as in Budget)."""
-    if isinstance(v, str):
-        try:
-            return float(Fraction(v.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError("must be a number or a fraction like '8/255'") from None
-    return v
 
 
 class SearchSpec(BaseModel):
@@ -75,7 +64,7 @@ class SearchSpec(BaseModel):
     @field_validator("lo", "hi", mode="before")
     @classmethod
     def _eps(cls, v):
-        return _fraction(v)
+        return fraction(v)
 
     @model_validator(mode="before")
     @classmethod

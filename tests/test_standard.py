@@ -176,17 +176,14 @@ def test_last_quarter_move_is_the_best_losss_rise_in_db():
 # --------------------------------------------------------------------------------------------
 
 from arena.api import Defense  # noqa: E402
-from arena.hookspecs import hookimpl  # noqa: E402
+from adversaries import Rounding  # noqa: E402
 
 
-class RoundExact(Defense):
-    """8-bit rounding declared 'exact': its gradient is zero everywhere (a masking fixture)."""
+class RoundExact(Rounding):
+    """8-bit rounding declared 'exact' (the cheater of tests/adversaries.py): its gradient is
+    zero everywhere, a masking fixture."""
 
     name = "round_exact"
-    gradient = "exact"
-
-    def purify(self, x, generator):
-        return torch.round(x * 255) / 255
 
 
 def _registry_with_round():
