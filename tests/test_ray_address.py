@@ -39,6 +39,16 @@ def test_an_address_where_nothing_listens_fails_in_seconds_in_one_line(tmp_path,
     assert res.exit_code == 1 and len(lines) == 1, res.output
     assert f"no Ray cluster at '{address}'" in lines[0]
     assert took < 20
+    assert not (tmp_path / "x.db").exists()  # nothing is created before the cluster is accepted
+
+
+def test_a_gpu_request_the_cluster_cannot_meet_leaves_no_database_file(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(CONFIG.replace('name = "address"', 'name = "address"\nnum_gpus = 1\nnum_cpus = 1'))
+    res = CliRunner().invoke(main, ["run", str(cfg), "--db", str(tmp_path / "x.db")], catch_exceptions=False)
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and not ln.startswith("Token authentication")]
+    assert res.exit_code == 1 and len(lines) == 1 and "GPU(s) per match but the Ray cluster has 0" in lines[0], res.output
+    assert not (tmp_path / "x.db").exists() and not list(tmp_path.glob("x.db*"))
 
 
 def test_a_malformed_address_is_one_line():

@@ -26,7 +26,7 @@ from arena.plan import Match, Tournament, config_hash, plan
 from arena.plugins import Registry, describe, load_registry
 from arena.run.harden import hardened_key, hardening_failure, hardening_jobs, hardening_link
 from arena.store import write
-from arena.store.db import open_writer
+from arena.store.db import open_writer, sqlite_path
 
 
 def code_version() -> str:
@@ -115,12 +115,22 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
                    share: bool = True) -> RunReport:
     registry = registry or load_registry()
     matches = plan(t, registry)  # every config error surfaces here, before anything is written
-    engine = open_writer(db)  # fails now if the database is locked or unreachable
+    path = sqlite_path(db)
+    # a database file is created only once the cluster is accepted (its address, its GPUs)
+    ex = (_executor(executor, t, address, device, registry)
+          if path is not None and not path.exists() and any(m.status == "planned" for m in matches) else None)
+    try:
+        engine = open_writer(db)  # fails now if the database is locked or unreachable
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     stored = write.stored_statuses(engine, [m.key for m in matches])
     pending = [m for m in matches
                if stored.get(m.key) is None or (rerun_failed and stored.get(m.key) == "failed")]
     # resources are checked before anything is written, so a bad cluster leaves no trace
-    ex = _executor(executor, t, address, device, registry) if any(m.status == "planned" for m in pending) else None
+    if ex is None and any(m.status == "planned" for m in pending):
+        ex = _executor(executor, t, address, device, registry)
     data = load_data(t.data.name, t.data.split, root=t.data.root, images=t.data.images,
                      size=t.data.size, seed=t.data.seed)
     version = code_version()
@@ -153,6 +163,8 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     write.relink(engine, tid, [m.key for m in matches])  # older code's rows leave this leaderboard
     to_verify = write.unverified(engine, tid)
     if not todo and not to_verify:
+        if ex is not None:
+            ex.close()
         refresh_flags(engine, tid)
         return report
     if ex is None:

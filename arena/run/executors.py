@@ -150,7 +150,11 @@ class RayExecutor:
         self._owns_ray = not ray.is_initialized()  # leave a cluster we joined as we found it
         if self._owns_ray:
             connect_ray(ray, address)
-        self._check_resources()
+        try:
+            self._check_resources()
+        except ExecutorError:
+            self.close()
+            raise
 
     def _check_resources(self) -> None:
         res = self.ray.cluster_resources()
