@@ -10,6 +10,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,10 +174,22 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     root = results_dir(db).resolve()  # absolute, so the dashboard finds samples from any cwd
     bar = tqdm(total=len(todo), desc="matches", unit="match", disable=not progress, dynamic_ncols=True)
     running: set[str] = set()
+    owner, lease = write.driver_id(), claim_lease_s(t)
+    elsewhere: list[Match] = []  # claimed by another driver on this database
 
-    def on_start(m: Match) -> None:
+    def on_start(m: Match) -> bool:
+        """Claim ``m`` before it runs; False: skip it (stored meanwhile, or another driver's)."""
+        state = write.claim(engine, m.key, owner, lease, rerun_failed)
+        if state != "mine":
+            if state == "elsewhere":
+                elsewhere.append(m)
+            else:
+                report.counts[ELSEWHERE] += 1
+                bar.update(1)
+            return False
         running.add(m.key)
         bar.set_postfix(_postfix(report.counts, len(running)), refresh=True)
+        return True
 
     def on_result(m: Match, result: dict[str, Any]) -> None:
         running.discard(m.key)
@@ -195,11 +208,22 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         hardened = ex.harden(hardening_jobs(todo + verify_later, registry))
         unhardened = {m.key: f for m in todo if (f := hardening_failure(m, hardened, registry))}
         for m in todo:  # their weights could not be built: failed, blamed on the system
-            if m.key in unhardened:
-                on_start(m)
+            if m.key in unhardened and on_start(m):
                 on_result(m, unhardened[m.key])
         run_shared(ex, [m for m in todo if m.key not in unhardened], data, hardened, on_result, on_start,
                    registry if share else None)
+        while elsewhere:  # wait for the other drivers; take over what a dead or late one left
+            time.sleep(CLAIM_POLL_S)
+            waiting, mine = list(elsewhere), []
+            elsewhere.clear()
+            for m in waiting:
+                state = write.claim(engine, m.key, owner, lease, rerun_failed)
+                if state == "stored":
+                    report.counts[ELSEWHERE] += 1
+                    bar.update(1)
+                else:
+                    (mine if state == "mine" else elsewhere).append(m)
+            ex.run(mine, data, hardened, on_result, on_start)
         known = {m.key for m in matches}
         more = [m for m in escalations(engine, tid, matches) if m.key not in known]
         if more:  # the standard suite's escalation: reruns through BPDA, then re-scored with the rest
@@ -212,8 +236,21 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     finally:
         bar.close()
         ex.close()
+        write.release_claims(engine, owner)
         refresh_flags(engine, tid)
     return report
+
+
+#: what a run's counts call the matches another driver on the same database computed
+ELSEWHERE = "by another driver"
+#: seconds between looks at the matches another driver has claimed
+CLAIM_POLL_S = 2.0
+
+
+def claim_lease_s(t: Tournament) -> float:
+    """How long a claim holds without its result: the longest a match may take with its retries,
+    plus a minute. A driver that died on this host frees its claims at once (its pid is gone)."""
+    return t.timeout_s * (t.max_retries + 1) + 60
 
 
 #: what a match that reuses another's attack computation takes from its result

@@ -104,7 +104,7 @@ class LocalExecutor:
         return out
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
-            on_result: OnResult, on_start: Callable[[Match], None] | None = None,
+            on_result: OnResult, on_start: Callable[[Match], bool | None] | None = None,
             given: dict[str, dict] | None = None) -> None:
         from arena.run.worker import Worker
 
@@ -116,8 +116,8 @@ class LocalExecutor:
         worker = self._worker
         worker.hardened = hardened or {}
         for match in matches:
-            if on_start:
-                on_start(match)
+            if on_start and on_start(match) is False:  # claimed by another driver, or stored
+                continue
             t0 = time.monotonic()
             try:
                 with deadline(self.t.timeout_s, "match"):
@@ -234,7 +234,7 @@ class RayExecutor:
         return cls.remote(data_ref, hardened, threads=self.t.num_cpus, samples=self.t.samples_per_match)
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
-            on_result: OnResult, on_start: Callable[[Match], None] | None = None,
+            on_result: OnResult, on_start: Callable[[Match], bool | None] | None = None,
             given: dict[str, dict] | None = None) -> None:
         ray = self.ray
         if not matches:
@@ -261,11 +261,12 @@ class RayExecutor:
             return groups[g].popleft()
 
         def submit(i: int) -> None:
-            m = next_match(i)
-            if m is None:
-                return
-            if on_start:
-                on_start(m)
+            while True:
+                m = next_match(i)
+                if m is None:
+                    return
+                if on_start is None or on_start(m) is not False:  # False: another driver's, or stored
+                    break
             inflight[actors[i].run.remote(m.model_dump(mode="json"), (given or {}).get(m.key))] = (i, m, time.monotonic())
 
         try:

@@ -72,7 +72,12 @@ def m004_standard_protocol(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
 
 
-MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol]
+def m008_claims(conn: Connection) -> None:
+    """Match claims with a lease, so that drivers sharing one database split the work."""
+    models.claims.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol, m008_claims]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 
@@ -87,8 +92,24 @@ def applied(conn: Connection) -> list[str]:
     return sorted(rows)
 
 
+#: PostgreSQL advisory lock key held while migrating ("udca" in ASCII)
+SCHEMA_LOCK = 0x75646361
+
+
+def lock_schema(conn: Connection) -> None:
+    """Take the database's write lock for this transaction, so that drivers starting together
+    migrate one after the other (the second finds the tables made): PostgreSQL's advisory lock,
+    SQLite's ``BEGIN IMMEDIATE``."""
+    backend = conn.dialect.name
+    if backend == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+    elif backend == "sqlite" and not conn.connection.driver_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations; return the names applied now."""
+    """Apply pending migrations under the schema lock; return the names applied now."""
+    lock_schema(conn)
     models.schema_migrations.create(conn, checkfirst=True)
     done = set(applied(conn))
     unknown = done - set(KNOWN)

@@ -163,6 +163,13 @@ flags = Table(
     UniqueConstraint("tournament_id", "threat", "norm", "eps", "restorer", "defense", "attack", "flag"),
 )
 
+claims = Table(  # m008: which driver computes a match now, so that concurrent drivers split the work
+    "claims", metadata,
+    Column("key", String(64), primary_key=True),  # the match key
+    Column("owner", String(200), nullable=False),  # "host:pid:nonce" of the claiming driver
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
 schema_migrations = Table(
     "schema_migrations", metadata,
     Column("name", String(100), primary_key=True),

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import platform
+import uuid
 import zlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from arena.store import models as m
 from arena.store.queries import unpack
@@ -19,6 +24,19 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def once_more_on_conflict(fn):
+    """Run a read-then-insert writer again when a concurrent driver inserted the same unique key
+    between its read and its insert: the second time it reads that row."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError:
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@once_more_on_conflict
 def upsert_tournament(engine: Engine, *, config_hash: str, name: str, config: dict, **fields: Any) -> int:
     """The tournament row for this config (created once, refreshed on every run)."""
     with engine.begin() as conn:
@@ -34,6 +52,7 @@ def upsert_tournament(engine: Engine, *, config_hash: str, name: str, config: di
         ).inserted_primary_key[0]
 
 
+@once_more_on_conflict
 def record_entrants(engine: Engine, entrants: list[dict[str, Any]]) -> None:
     with engine.begin() as conn:
         for e in entrants:
@@ -73,6 +92,7 @@ def link_matches(engine: Engine, tournament_id: int, keys: list[str]) -> None:
                 conn.execute(m.tournament_matches.insert(), new)
 
 
+@once_more_on_conflict
 def write_result(engine: Engine, tournament_id: int, match_row: dict[str, Any],
                  scores: list[dict[str, Any]], samples: list[dict[str, Any]] = (), adv=None) -> int:
     """Store one match with its scores and samples in a single transaction.
@@ -168,3 +188,62 @@ def relink(engine: Engine, tournament_id: int, keys: list[str]) -> None:
         new = [{"tournament_id": tournament_id, "match_id": i} for i in ids - have]
         if new:
             conn.execute(m.tournament_matches.insert(), new)
+
+
+# --------------------------------------------------------------------------------------------
+# Claims: drivers sharing one database split the work
+# --------------------------------------------------------------------------------------------
+
+
+def driver_id() -> str:
+    """This driver's claim owner: host, process id and a nonce (a pid can be reused)."""
+    return f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_gone(owner: str) -> bool:
+    """A claim's driver is known dead: it ran on this host and its process is gone. (A driver
+    on another host is trusted until its lease ends.)"""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != platform.node() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim(engine: Engine, key: str, owner: str, lease_s: float, retry_failed: bool = False) -> str:
+    """Claim match ``key`` for ``owner`` for ``lease_s`` seconds, atomically: ``"mine"`` (compute
+    it), ``"stored"`` (a result is stored already: a failure counts unless ``retry_failed``) or
+    ``"elsewhere"`` (another live driver holds an unexpired claim)."""
+    now = _now()
+    expires = now + timedelta(seconds=lease_s)
+    with engine.begin() as conn:
+        status = conn.execute(select(m.matches.c.status).where(m.matches.c.key == key)).scalar()
+        if status is not None and (status != "failed" or not retry_failed):
+            return "stored"
+        held = conn.execute(select(m.claims.c.owner, m.claims.c.expires_at).where(m.claims.c.key == key)).first()
+    if held is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(m.claims.insert().values(key=key, owner=owner, expires_at=expires))
+            return "mine"
+        except IntegrityError:  # another driver claimed it between the read and the insert
+            return claim(engine, key, owner, lease_s, retry_failed)
+    expiry = held.expires_at if held.expires_at.tzinfo else held.expires_at.replace(tzinfo=timezone.utc)
+    if held.owner != owner and expiry > now and not _owner_gone(held.owner):
+        return "elsewhere"
+    with engine.begin() as conn:  # ours already, expired, or its driver is dead: take it over
+        taken = conn.execute(update(m.claims).where(m.claims.c.key == key, m.claims.c.owner == held.owner)
+                             .values(owner=owner, expires_at=expires)).rowcount
+    return "mine" if taken == 1 else claim(engine, key, owner, lease_s, retry_failed)
+
+
+def release_claims(engine: Engine, owner: str) -> None:
+    """Drop ``owner``'s claims (the driver is leaving; what it did not store is free again)."""
+    with engine.begin() as conn:
+        conn.execute(delete(m.claims).where(m.claims.c.owner == owner))
