@@ -36,6 +36,13 @@ class UDCData:
 
     `psf` (N, 3, K, K) has channels that sum to one; `code` (N, C) is its PCA kernel code.
     Both are None when the dataset has no PSF. `hash` is filled in when left empty.
+
+    The scene threat model needs what the images were formed from, kept by the embedded
+    benchmark and None elsewhere: `scene` (N, 3, H+2m, W+2m), the HDR scene in linear radiance
+    (1.0 = saturation) with the context m = K//2 the PSF spreads into the frame; `noise`
+    (N, 3, H, W), the sensor noise realisation lq was formed with (added to scene ∗ psf before
+    clipping); `photons` and `read_noise` (N,), each sample's sensor. They are not part of
+    `hash`: they are fixed by the same generator as lq, and existing results keep their keys.
     """
 
     lq: torch.Tensor
@@ -46,6 +53,10 @@ class UDCData:
     name: str
     version: str
     hash: str = ""
+    scene: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    photons: torch.Tensor | None = None
+    read_noise: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.lq.shape[0]
@@ -55,6 +66,14 @@ class UDCData:
         for key, t in (("psf", self.psf), ("code", self.code)):
             if t is not None and t.shape[0] != n:
                 raise ValueError(f"{key} has {t.shape[0]} rows for {n} images")
+        scene = (self.scene, self.noise, self.photons, self.read_noise)
+        if any(t is not None for t in scene) and (any(t is None for t in scene) or self.psf is None):
+            raise ValueError("scene, noise, photons and read_noise come together, with a psf")
+        for key, t in zip(("scene", "noise", "photons", "read_noise"), scene):
+            if t is not None and t.shape[0] != n:
+                raise ValueError(f"{key} has {t.shape[0]} rows for {n} images")
+        if self.noise is not None and self.noise.shape != self.lq.shape:
+            raise ValueError(f"noise {tuple(self.noise.shape)} must match lq {tuple(self.lq.shape)}")
         if len(self.ids) != n:
             raise ValueError(f"{len(self.ids)} ids for {n} images")
         if not self.hash:
@@ -71,4 +90,10 @@ class UDCData:
             code=None if self.code is None else self.code[ix],
             ids=[self.ids[i] for i in ix.tolist()],
             name=self.name, version=self.version,
+            **{k: None if getattr(self, k) is None else getattr(self, k)[ix]
+               for k in ("scene", "noise", "photons", "read_noise")},
         )
+
+    @property
+    def has_scenes(self) -> bool:
+        return self.scene is not None

@@ -161,7 +161,17 @@ def _make_sample(s: Sample, split: str, size: int, seed: int, bank: np.ndarray):
     read_noise = float(rng.uniform(*READ_NOISE))
     sl = (slice(top, top + region), slice(left, left + region))
     x = scene[:, sl[0], sl[1]] * (1.0 + (gain - 1.0) * weight[sl]) * exposure
-    return form_udc(x, bank[s.psf], rng, margin=margin, photons=photons, read_noise=read_noise)
+    lq, hq, noise = form_udc(x, bank[s.psf], rng, margin=margin, photons=photons,
+                             read_noise=read_noise, parts=True)
+    return lq, hq, {"scene": x.astype(np.float32), "noise": noise, "photons": photons,
+                    "read_noise": read_noise}
+
+
+#: Splits whose HDR scenes, noise draws and sensors are kept (the scene threat model). The
+#: test split only: matches evaluate on it, and the train split's scenes (729 samples with
+#: their PSF context) would multiply the cache for nothing.
+SCENE_SPLITS = ("test",)
+SCENE_KEYS = ("scene", "noise", "photons", "read_noise")
 
 
 def generate(split: str, size: int, seed: int) -> dict[str, np.ndarray]:
@@ -175,12 +185,17 @@ def generate(split: str, size: int, seed: int) -> dict[str, np.ndarray]:
     plan = sample_plan(split, len(bank))
     lq = np.empty((len(plan), 3, size, size), dtype=np.float32)
     hq = np.empty_like(lq)
+    kept: dict[str, list] = {k: [] for k in SCENE_KEYS}
     for s in plan:
-        lq[s.index], hq[s.index] = _make_sample(s, split, size, seed, bank)
+        lq[s.index], hq[s.index], parts = _make_sample(s, split, size, seed, bank)
+        for k in kept:
+            kept[k].append(parts[k])
+    scenes = {k: np.stack(v).astype(np.float32) for k, v in kept.items()} if split in SCENE_SPLITS else {}
     return {
         "lq": lq, "hq": hq, "psf_bank": bank, "code_bank": codes,
         "psf_index": np.array([s.psf for s in plan], dtype=np.int64),
         "ids": np.array([f"{s.photo}-c{s.crop}-{psf_names[s.psf]}" for s in plan]),
+        **scenes,
     }
 
 
@@ -193,6 +208,8 @@ def _to_data(arrays: dict[str, np.ndarray]) -> UDCData:
         code=torch.from_numpy(np.ascontiguousarray(arrays["code_bank"]))[idx],
         ids=[str(i) for i in arrays["ids"]],
         name="embedded", version=VERSION,
+        **{k: torch.from_numpy(np.ascontiguousarray(arrays[k])) if k in arrays else None
+           for k in SCENE_KEYS},
     )
 
 
@@ -242,6 +259,9 @@ def _read_cache(path: Path, meta: dict) -> UDCData | None:
             if {k: stored.get(k) for k in meta} != meta:
                 return None
             arrays = {k: z[k] for k in ("lq", "hq", "psf_bank", "code_bank", "psf_index", "ids")}
+            arrays.update({k: z[k] for k in SCENE_KEYS if k in z.files})
+            if meta["split"] in SCENE_SPLITS and not all(k in arrays for k in SCENE_KEYS):
+                return None
         data = _to_data(arrays)
     except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):
         return None
