@@ -193,9 +193,21 @@ def run(config, db, executor, address, dry_run, rerun_failed, device, quiet):
     click.echo(f"dashboard:        arena dashboard --db {db}")
 
 
+def _threat_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from arena.threat import check_threat
+
+    try:
+        return check_threat(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @DB_OPTION
-@click.option("--threat", type=click.Choice(["oblivious", "adaptive"]), default=None)
+@click.option("--threat", default=None, callback=lambda ctx, p, v: _threat_name(v),
+              help="oblivious, adaptive, scene or scene-patch-<percent>.")
 @click.option("--tournament", type=int, default=None, help="Tournament id (default: the latest).")
 @click.option("--all", "all_matches", is_flag=True, help="Rank every stored match, whichever tournament.")
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True,

@@ -14,12 +14,17 @@ from pathlib import Path
 
 from arena.store.db import sqlite_path
 
-#: the pictures the driver saves per sampled image, in the order they are shown
-SAMPLE_KINDS = ("lq", "adv", "delta", "restored_clean", "restored_adv", "hq")
+#: the pictures the driver saves per sampled image, in the order they are shown; the scene
+#: threat model's matches add SCENE_KINDS, and their ``adv`` is the rendered UDC input of the
+#: perturbed scene (the batch that was scored)
+SCENE_KINDS = ("scene_adv", "scene_delta")
+SAMPLE_KINDS = ("lq", "adv", "delta", "restored_clean", "restored_adv", "hq", *SCENE_KINDS)
 SAMPLE_TITLES = {
-    "lq": "UDC input", "adv": "adversarial input", "delta": "perturbation (amplified)",
+    "lq": "UDC input", "adv": "adversarial input (scene: rendered UDC input)",
+    "delta": "perturbation (amplified)",
     "restored_clean": "restored (clean)", "restored_adv": "restored (adversarial)",
-    "hq": "ground truth",
+    "hq": "ground truth", "scene_adv": "perturbed scene (tone-mapped)",
+    "scene_delta": "scene perturbation (amplified)",
 }
 #: the folder under the results folder that holds one folder of pictures per match key
 SAMPLES = "samples"

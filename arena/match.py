@@ -22,7 +22,8 @@ from arena.api import MAX_ROUNDS, Attack, RuleViolation, SystemFault
 from arena.data import UDCData
 from arena.metrics import psnr, ssim
 from arena.plan import Match
-from arena.threat import Ledger, System, make_target, verify
+from arena.threat import (Ledger, SceneRender, System, attacks_defense, is_scene, make_target,
+                          patch_area, verify)
 
 #: dB by which a fresh system's score of a stored adversarial batch may differ from the warm
 #: worker's before the system is disqualified as stateful (float noise is ~1e-5 dB).
@@ -33,6 +34,9 @@ PROBE_ATOL = 1e-5
 #: the one of its clean pass, then N - 1 more. Per image the worst of them ("N-evaluation",
 #: DiffHammer, NeurIPS 2024) is the score that ranks; their mean is the expectation.
 N_EVALUATIONS = 8
+#: EOT draws of sensor noise per gradient under the scene threat model when the config leaves
+#: the count to a rule (suite matches); a listed match uses the config's ``eot_samples``.
+SCENE_EOT = 4
 
 
 def evaluation_seeds(seed: int, random: bool) -> list[int]:
@@ -338,14 +342,22 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     lq, hq = data.lq.to(device), data.hq.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    scene = None
+    if is_scene(match.threat):
+        if not data.has_scenes:
+            return Outcome("failed", blame="infra", reason=f"threat model '{match.threat}' needs the "
+                           f"dataset's HDR scenes and PSFs; '{data.name}' has none")
+        scene = SceneRender(data.scene.to(device), data.psf.to(device), data.noise.to(device),
+                            data.photons, data.read_noise, match.seed, patch_area(match.threat))
+        given = None  # never shared (arena/run/share.py): the batch is a scene, not an image
     reference = clean.out
     if match.threat == "oblivious" and attack.params.objective == "mse_clean":
         with torch.no_grad():
             reference = system.restore(lq.clone()).clamp(0, 1)
     kind = match.attack_kind  # what the class declared when the tournament was planned
     rounds = min(max(int(attack.rounds()), 1), MAX_ROUNDS)
-    adaptive_white_box = match.threat == "adaptive" and kind == "white-box" and bool(system.links)
-    if match.suite and match.threat == "adaptive":  # the suite attacks the most exact gradients
+    adaptive_white_box = attacks_defense(match.threat) and kind == "white-box" and bool(system.links)
+    if match.suite and attacks_defense(match.threat):  # the suite attacks the most exact gradients
         system = System(system.model, [link.exact() for link in system.links], system.code)
     can_escalate = bool(match.suite) and adaptive_white_box
     escalated = escalate if can_escalate else None
@@ -361,7 +373,7 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
         except SystemFault as exc:
             return _judged(Outcome("done"), "failed", "system", str(exc), exc)
         run = _attack_once(match, kind, system, attack, lq, hq, reference, rounds, eot, watch,
-                           surrogates, bpda=bool(escalated))
+                           surrogates, bpda=bool(escalated), scene=scene)
         outcome, x_adv, ledger, target, caught, hooks, limit = run
         outcome.timings = {"clean": clean.time_s, "attack": outcome.timings["attack"]}
         repaired = integrity()  # always: whatever was damaged is put back before the next match
@@ -384,7 +396,8 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     outcome.shareable = not ledger.saw_system
     if caught is not None:
         return _judged(outcome, "failed", "attack", f"attack raised {type(caught).__name__}: {caught}", caught)
-    return _score(match, system, data, clean, lq, hq, samples, integrity, rebuild, outcome, x_adv, ledger.queries)
+    return _score(match, system, data, clean, lq, hq, samples, integrity, rebuild, outcome, x_adv,
+                  ledger.queries, scene)
 
 
 def _reused(given: dict[str, Any], clean: Clean, protocol: dict[str, Any]) -> tuple[Outcome, torch.Tensor, None]:
@@ -401,15 +414,21 @@ def _reused(given: dict[str, Any], clean: Clean, protocol: dict[str, Any]) -> tu
 
 def _score(match: Match, system: System, data: UDCData, clean: Clean, lq, hq, samples: int,
            integrity: Callable[[], str | None], rebuild: Callable[[], System] | None,
-           outcome: Outcome, x_adv, queries) -> Outcome:
-    """Verify the adversarial batch against the rules, then score it with a rebuilt system."""
+           outcome: Outcome, x_adv, queries, scene: SceneRender | None = None) -> Outcome:
+    """Verify the adversarial batch against the rules, then score it with a rebuilt system.
+    Under ``scene`` the batch is a perturbed scene, checked against the budget around the
+    clean one; what is stored and scored is its rendering under the dataset's noise draw."""
     device = lq.device
     if type(x_adv) is torch.Tensor and x_adv.device != device:  # a reused batch arrives on the CPU
         x_adv = x_adv.to(device)
-    problem = verify(x_adv, lq, match.budget, queries)
+    problem = verify(x_adv, lq if scene is None else scene.start(), match.budget, queries)
     if problem:
         return _judged(outcome, "disqualified", "attack", problem)
     x_adv = x_adv.detach().clone()
+    shown = None
+    if scene is not None:
+        shown = _scene_views(scene, x_adv)
+        x_adv = scene.evaluate(x_adv)
     outcome.adv = x_adv.cpu().numpy().copy()
     t1 = time.perf_counter()
     try:  # scored by a system rebuilt after the attack, under the clean pass's draw (for a
@@ -423,14 +442,15 @@ def _score(match: Match, system: System, data: UDCData, clean: Clean, lq, hq, sa
         return _judged(outcome, "disqualified", "system", problem)
     outcome.timings["eval"] = time.perf_counter() - t1
     outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, queries)
-    outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq)
+    outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq, shown)
     if device.type == "cuda":
         outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return outcome
 
 
 def _attack_once(match: Match, kind: str, system: System, attack: Attack, lq, hq, reference,
-                 rounds: int, eot: int, watch: Watch | None, surrogates, bpda: bool):
+                 rounds: int, eot: int, watch: Watch | None, surrogates, bpda: bool,
+                 scene: SceneRender | None = None):
     """One run of the attack on its oracle: (outcome so far, what it returned, ledger, target,
     what it raised, what the watch saw of torch's global hooks, its evaluation bound)."""
     limit = match.budget.evaluation_limit(len(lq), rounds, eot) if kind in ("white-box", "transfer") else None
@@ -439,13 +459,14 @@ def _attack_once(match: Match, kind: str, system: System, attack: Attack, lq, hq
                          generator(match.seed + 1), eot=eot, clean_out=reference.clone(),
                          hq=hq.clone(), lq=lq.clone(), budget=match.budget, rounds=rounds,
                          surrogates=surrogates, ledger=ledger,
-                         freeze=match.seed if match.frozen else None, bpda=bpda)
+                         freeze=match.seed if match.frozen else None, bpda=bpda, scene=scene)
     t0 = time.perf_counter()
     x_adv, caught, hooks = None, None, None
     if watch is not None:
         watch.arm(ledger, only_oracle=kind in ("score-based", "decision-free"))
     try:
-        x_adv = attack.run(target, lq.clone(), hq.clone(), match.budget, generator(match.seed + 2))
+        start = lq.clone() if scene is None else scene.start()  # scene: the tone-mapped scene
+        x_adv = attack.run(target, start, hq.clone(), match.budget, generator(match.seed + 2))
     except BaseException as exc:  # noqa: BLE001 - a timeout must pass, everything else is judged
         if not isinstance(exc, Exception):
             raise
@@ -474,6 +495,8 @@ def _eot_count(match: Match, system: System, lq, hq, bpda: bool, memo: dict | No
     system, seed and gradient rule (``memo``) on the clean inputs, outside the attack's bound."""
     from arena.suite import EOT_BY_RULE, by_label, eot_count
 
+    if is_scene(match.threat):  # EOT over sensor noise (and the links' randomness) always
+        return SCENE_EOT if match.eot == EOT_BY_RULE else match.eot
     if not (match.threat == "adaptive" and system.random) or match.frozen:
         return 1
     if match.eot != EOT_BY_RULE:
@@ -535,15 +558,36 @@ def score_rows(ids, clean: Clean, drawn: dict[str, Any], x_adv, lq, queries) -> 
              "queries": int(queries[i])} for i, image in enumerate(ids)]
 
 
-def sample_rows(ids, match: Match, samples: int, lq, x_adv, clean_out, adv_out, hq) -> list[dict[str, Any]]:
+def _scene_views(scene: SceneRender, u_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame of the perturbed scene, tone-mapped, and of its perturbation (as the camera
+    sees them: a patch match's perturbation outside its patch is not in the scene)."""
+    from arena.data.formation import tonemap
+
+    m = scene.margin
+    frame = (..., slice(m, u_adv.shape[-2] - m), slice(m, u_adv.shape[-1] - m))
+    with torch.no_grad():
+        shown = tonemap(scene.scene(u_adv)).to(u_adv.dtype)
+    return shown[frame], (shown - scene.start())[frame]
+
+
+def _amplified(d: torch.Tensor, match: Match, own_scale: bool) -> torch.Tensor:
+    scale = match.budget.eps if match.budget.norm == "linf" and not own_scale else float(d.abs().max())
+    return (0.5 + d / (2 * max(scale, 1e-8))).clamp(0, 1)
+
+
+def sample_rows(ids, match: Match, samples: int, lq, x_adv, clean_out, adv_out, hq,
+                scene: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """The gallery's pictures (arena.display.SAMPLE_KINDS). Under ``scene``, ``x_adv`` is the
+    rendered UDC input (its ``delta`` amplified by its own largest value, as the budget bounds
+    the scene), and ``scene`` adds the perturbed scene and its perturbation."""
     rows = []
     for i in range(min(samples, len(lq))):
-        d = x_adv[i] - lq[i]
-        scale = match.budget.eps if match.budget.norm == "linf" else float(d.abs().max())
-        amplified = (0.5 + d / (2 * max(scale, 1e-8))).clamp(0, 1)
-        for kind, img in (("lq", lq[i]), ("adv", x_adv[i]), ("delta", amplified),
-                          ("restored_clean", clean_out[i]), ("restored_adv", adv_out[i]), ("hq", hq[i])):
-            rows.append({"image": ids[i], "kind": kind, "array": to_uint8(img)})
+        pictures = [("lq", lq[i]), ("adv", x_adv[i]),
+                    ("delta", _amplified(x_adv[i] - lq[i], match, own_scale=scene is not None)),
+                    ("restored_clean", clean_out[i]), ("restored_adv", adv_out[i]), ("hq", hq[i])]
+        if scene is not None:
+            pictures += [("scene_adv", scene[0][i]), ("scene_delta", _amplified(scene[1][i], match, False))]
+        rows += [{"image": ids[i], "kind": kind, "array": to_uint8(img)} for kind, img in pictures]
     return rows
 
 

@@ -17,10 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from arena.api import ConfigError, describe_validation_error
 from arena.plugins import Registry
-from arena.threat import Budget
+from arena.threat import Budget, check_threat, is_scene
 
 #: Datasets known to come without PSFs (real captured pairs).
 DATASETS_WITHOUT_PSF = {"poled", "toled"}
+#: Datasets (and splits) that keep the HDR scenes the scene threat model perturbs.
+DATASETS_WITH_SCENES = {"embedded": ("test",)}
+
+
+def _threat(v):
+    return check_threat(v)
 
 
 class Spec(BaseModel):
@@ -61,7 +67,8 @@ class Tournament(BaseModel):
     seed: int = 0
     seeds: list[int] = Field(default_factory=list, description="several match seeds (random defenses: "
                              "mean ± std over them); default [seed]")
-    threat_models: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
+    threat_models: list[str] = Field(["oblivious"], description="oblivious, adaptive, scene or "
+                                     "scene-patch-N (README: the scene threat model)")
     eot_samples: int = Field(4, ge=1, le=1000, description="EOT draws for random defenses (adaptive)")
     data: DataSpec = DataSpec()
     restorers: list[Any]
@@ -74,6 +81,11 @@ class Tournament(BaseModel):
     timeout_s: float = Field(1800, gt=0, description="per-match timeout")
     max_retries: int = Field(1, ge=0, le=10, description="retries of a match whose worker died")
     samples_per_match: int = Field(2, ge=0, le=1000, description="images saved per match for the gallery")
+
+    @field_validator("threat_models")
+    @classmethod
+    def _threats(cls, v):
+        return [_threat(t) for t in v]
 
     @field_validator("restorers", "defenses", "attacks")
     @classmethod
@@ -90,7 +102,7 @@ class Match(BaseModel):
     attack: Spec
     attack_kind: str
     budget: Budget
-    threat: Literal["oblivious", "adaptive"]
+    threat: str
     eot: int
     data: DataSpec
     seed: int
@@ -106,6 +118,11 @@ class Match(BaseModel):
     escalate: bool = False
     status: Literal["planned", "skipped"] = "planned"
     reason: str | None = None
+
+    @field_validator("threat")
+    @classmethod
+    def _threat(cls, v):
+        return _threat(v)
 
     @property
     def defense_label(self) -> str:
@@ -240,6 +257,8 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
                            for e in [registry.get(role, s.name, allow_unavailable=True)] if e.unavailable), None)
             if reason is None and registry.get("restorer", r.name).cls.needs_psf and not has_psf:
                 reason = f"restorer '{r.name}' needs a PSF and dataset '{t.data.name}' has none"
+            if reason is None and is_scene(threat):
+                reason = _no_scenes(t.data)
             variants = [False, True] if (frozen and random and threat == "adaptive") else [False]
             matches += [
                 Match(
@@ -253,6 +272,15 @@ def plan(t: Tournament, registry: Registry) -> list[Match]:
                 for fixed in variants
             ]
     return matches
+
+
+def _no_scenes(data: DataSpec) -> str | None:
+    """Why a scene match cannot run on ``data``, or None."""
+    if data.split in DATASETS_WITH_SCENES.get(data.name, ()):
+        return None
+    kept = ", ".join(f"{n} ({'/'.join(s)})" for n, s in DATASETS_WITH_SCENES.items())
+    return (f"the scene threat model needs HDR scenes and PSFs; dataset '{data.name}' split "
+            f"'{data.split}' has none (kept by: {kept})")
 
 
 def versions(registry: Registry, restorer: Spec, defense: tuple[Spec, ...], attack: Spec) -> dict[str, str]:

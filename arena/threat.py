@@ -4,6 +4,9 @@ Under ``oblivious`` the attacker differentiates the undefended restorer and the 
 applied only at evaluation (the study's setting). Under ``adaptive`` the attacker gets the whole
 defended system: exact gradients where a link is differentiable, BPDA where it declares it, and
 EOT over draws of random links. Score-based queries always go through the full defended system.
+Under ``scene`` the attack perturbs the HDR scene in front of the camera, not the captured image:
+its oracle renders each query through the image formation model with a fresh draw of sensor
+noise (``SceneRender``) and then attacks the defended system as under ``adaptive``.
 
 An attack never holds the system: it holds an oracle that exposes only what its kind allows,
 counts every image it evaluates, and remembers the first rule broken even if the attack catches
@@ -14,13 +17,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
+import re
+
 import torch
 
 from arena.api import Budget, Defense, RuleViolation, SystemFault
 from arena.metrics import ssim
 
-ThreatModel = Literal["oblivious", "adaptive"]
-THREAT_MODELS: tuple[str, ...] = ("oblivious", "adaptive")
+ThreatModel = str  # one of THREAT_MODELS, or "scene-patch-N" (check_threat)
+THREAT_MODELS: tuple[str, ...] = ("oblivious", "adaptive", "scene")
+_PATCH = re.compile(r"scene-patch-([1-9][0-9]?)")
 
 #: Relative and absolute slack when checking ||delta|| <= eps, for float rounding only.
 NORM_RTOL = 1e-5
@@ -28,7 +34,114 @@ NORM_ATOL = 1e-6
 #: Slack on the [0, 1] range of what an attack feeds its target (float rounding only).
 RANGE_ATOL = 1e-6
 
-__all__ = ["Budget", "Ledger", "System", "Target", "QueryTarget", "TransferTarget", "make_target", "verify"]
+__all__ = ["Budget", "Ledger", "SceneRender", "System", "Target", "QueryTarget", "TransferTarget",
+           "check_threat", "is_scene", "make_target", "patch_area", "verify"]
+
+
+def check_threat(name: str) -> str:
+    """``name`` if it names a threat model, else ValueError saying which names exist."""
+    if name in THREAT_MODELS or _PATCH.fullmatch(str(name)):
+        return name
+    raise ValueError(f"{name!r} is not a threat model; choose oblivious, adaptive, scene or "
+                     "scene-patch-<percent> (a patch of 1-99% of the frame, e.g. scene-patch-10)")
+
+
+def is_scene(threat: str) -> bool:
+    return threat == "scene" or bool(_PATCH.fullmatch(threat))
+
+
+def patch_area(threat: str) -> float | None:
+    """The patch's share of the frame under ``scene-patch-N`` (N/100), else None."""
+    m = _PATCH.fullmatch(threat)
+    return int(m.group(1)) / 100 if m else None
+
+
+def attacks_defense(threat: str) -> bool:
+    """Whether the attacker's gradients go through the defense links (adaptive, scene)."""
+    return threat == "adaptive" or is_scene(threat)
+
+
+class SceneRender:
+    """The arena's image formation for one scene match: what the attack perturbs and how the
+    perturbed scene reaches the restorer.
+
+    The attack's input is the tone-mapped scene u = φ(x) = x / (x + 0.25) (3, H+2m, W+2m) in
+    [0, 1], with the context m the PSF spreads into the frame: the scene as the arena displays
+    it (its frame is the ground truth). ε is the L∞ (or L2) radius on u. A perturbed u' becomes
+    the radiance x' = x + φ⁻¹(u') − φ⁻¹(u), rendered as φ(C(x' ∗ k + n)) with the sample's PSF.
+    Under ``scene-patch-N`` only a square of N% of the frame is the attacker's (a screen or a
+    sticker), placed per image by the match seed: outside it the scene is the scene, whatever
+    the attack returns (the budget is still checked on all of it).
+
+    Noise: each oracle evaluation draws fresh Gaussian sensor noise of each sample's photon
+    count and read noise from the arena's own generator (seeded by the match, held here, never
+    the attack's nor the target's ``generator``), so the attack must survive it (EOT). The
+    batch that is scored is rendered with the noise realisation the dataset formed lq with
+    (``evaluate``), a draw no oracle call ever used: with u' = u it is lq itself.
+    """
+
+    def __init__(self, scene: torch.Tensor, psf: torch.Tensor, noise: torch.Tensor,
+                 photons: torch.Tensor, read_noise: torch.Tensor, seed: int,
+                 patch: float | None = None):
+        from arena.data.formation import inverse_tonemap, tonemap
+
+        self.margin = (scene.shape[-1] - noise.shape[-1]) // 2
+        self._x0 = scene.detach().double().clone()
+        self._u0 = tonemap(self._x0).float()
+        self._inv0 = inverse_tonemap(self._u0.double())
+        self._psf = psf.detach().double().clone()
+        self._eval_noise = noise.detach().double().clone()
+        self._photons = photons.detach().double().cpu().clone()
+        self._read = read_noise.detach().double().cpu().clone()
+        self.__draws = torch.Generator(device="cpu").manual_seed(int(seed) * 7 + 1_000_003)
+        self.mask = self._patch_mask(patch, seed) if patch else None
+
+    def _patch_mask(self, area: float, seed: int) -> torch.Tensor:
+        n, _, s, _ = self._x0.shape
+        h = s - 2 * self.margin
+        side = max(1, round((area * h * h) ** 0.5))
+        g = torch.Generator(device="cpu").manual_seed(int(seed) + 500_009)
+        mask = torch.zeros(n, 1, s, s, dtype=torch.float64)
+        for i in range(n):
+            top, left = (self.margin + int(v) for v in torch.randint(0, h - side + 1, (2,), generator=g))
+            mask[i, :, top:top + side, left:left + side] = 1.0
+        return mask.to(self._x0.device)
+
+    def start(self) -> torch.Tensor:
+        """The unperturbed tone-mapped scene, the attack's ``lq``."""
+        return self._u0.clone()
+
+    def scene(self, u: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear radiance of a perturbed tone-mapped scene (float64, differentiable)."""
+        from arena.data.formation import inverse_tonemap
+
+        rows = slice(None) if index is None else index.to(self._x0.device)
+        x0, inv0 = self._x0[rows], self._inv0[rows]
+        d = u.double() - self._u0[rows].double()
+        if self.mask is not None:
+            d = d * self.mask[rows]
+        # φ⁻¹ explodes at 1: beyond φ⁻¹(0.999) ≈ 250x saturation more light changes nothing
+        return (x0 + inverse_tonemap((self._u0[rows].double() + d).clamp(0.0, 0.999)) - inv0).clamp_min(0.0)
+
+    def __call__(self, u: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The UDC input the restorer receives, under a fresh noise draw (oracle calls)."""
+        from arena.data.formation import torch_convolve, torch_noise, torch_render
+
+        rows = slice(None) if index is None else index.cpu()
+        x = self.scene(u, index)
+        psf = self._psf[slice(None) if index is None else index.to(self._psf.device)]
+        with torch.no_grad():  # the noise's scale follows the signal; its gradient is the signal's
+            level = torch_convolve(x, psf, self.margin)
+        noise = torch_noise(level, self._photons[rows], self._read[rows], self.__draws)
+        return torch_render(x, psf, noise, margin=self.margin).to(u.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, u: torch.Tensor) -> torch.Tensor:
+        """The scored UDC input: the perturbed scene under the dataset's own noise draw."""
+        from arena.data.formation import torch_render
+
+        x = self.scene(u)
+        return torch_render(x, self._psf, self._eval_noise, margin=self.margin).to(u.dtype).clamp(0, 1)
 
 
 def _faults(what: str):
@@ -132,8 +245,10 @@ class QueryTarget:
     def __init__(self, system: System, threat: ThreatModel, objective: str,
                  generator: torch.Generator, eot: int = 1, clean_out: torch.Tensor | None = None,
                  *, hq: torch.Tensor | None = None, budget: Budget | None = None, rounds: int = 1,
-                 ledger: Ledger | None = None, freeze: int | None = None, bpda: bool = False):
+                 ledger: Ledger | None = None, freeze: int | None = None, bpda: bool = False,
+                 scene: SceneRender | None = None):
         self._system = system
+        self._scene = scene  # scene threat model: every evaluation renders its input first
         self.threat = threat
         self.objective = objective
         self.generator = generator
@@ -141,7 +256,9 @@ class QueryTarget:
         #: so a random system is one deterministic function (the suite's fixed-randomness score)
         self._freeze = freeze
         self._bpda = bpda  # escalation: identity backward through every defense link
-        self.eot = eot if (threat == "adaptive" and system.random and freeze is None) else 1
+        random_links = attacks_defense(threat) and system.random
+        # under scene the sensor noise is random whatever the system: EOT over it
+        self.eot = eot if (freeze is None and (random_links or scene is not None)) else 1
         self._clean_out = clean_out
         self._hq = hq
         self._budget = budget
@@ -228,7 +345,7 @@ class QueryTarget:
     def _check_input(self, x: torch.Tensor, what: str) -> None:
         if not self.strict:
             return
-        h, w = self._hq.shape[-2:]
+        h, w = self._hq.shape[-2:] if self._scene is None else self._scene.start().shape[-2:]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (3, h, w):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             self._break(f"{what} takes (rows, 3, {h}, {w}) images; got {shape}")
@@ -248,6 +365,11 @@ class QueryTarget:
         if hq is None:
             raise ValueError("this target has no ground truth of its own: pass hq")
         return hq
+
+    def _input(self, x: torch.Tensor, rows) -> torch.Tensor:
+        """What the system receives for the attack's x: a copy (a defense that writes into its
+        input must not reach the attack's tensor), or under ``scene`` the rendered scene."""
+        return x.clone() if self._scene is None else self._scene(x, rows)
 
     def record(self, loss: torch.Tensor | float) -> None:
         """Append a loss (per image, or its mean) to the convergence record."""
@@ -280,7 +402,7 @@ class QueryTarget:
         if rows is not None and (self.strict or hq is None):
             ref = ref[rows.to(ref.device)]
         # a copy: a defense that writes into its input must not reach the attack's tensor
-        out = self._run(lambda: self._restore(self._system.purify(x.clone(), self._draw()), rows))
+        out = self._run(lambda: self._restore(self._system.purify(self._input(x, rows), self._draw()), rows))
         return objective_loss(self.objective, out, ref)
 
 
@@ -317,8 +439,8 @@ class Target(QueryTarget):
             x.register_hook(self._record_start)
 
         def run():
-            y = x.clone()  # a defense that writes into its input must not reach the attack's tensor
-            if self.threat == "adaptive":
+            y = self._input(x, rows)
+            if attacks_defense(self.threat):
                 y = self._system.purify_differentiable(y, self._draw(), bpda=self._bpda)
             return self._restore(y, rows)
         return self._run(run)
@@ -382,8 +504,9 @@ class TransferTarget(QueryTarget):
         if self.objective == "mse_clean":  # on the surrogate: away from its own clean output
             with torch.no_grad():
                 clean = system.restore(self._clean_lq).clamp(0, 1)
-        proxy = Target(system, "oblivious", self.objective, self.generator, clean_out=clean,
-                       hq=self._hq, budget=self._budget, rounds=self._rounds, ledger=self._ledger)
+        proxy = Target(system, "oblivious", self.objective, self.generator, clean_out=clean, eot=self.eot,
+                       hq=self._hq, budget=self._budget, rounds=self._rounds, ledger=self._ledger,
+                       scene=self._scene)
         return proxy
 
 
@@ -391,10 +514,11 @@ def make_target(kind: str, system: System, threat: ThreatModel, objective: str,
                 generator: torch.Generator, *, eot: int, clean_out: torch.Tensor | None,
                 hq: torch.Tensor, lq: torch.Tensor, budget: Budget, rounds: int,
                 surrogates: Callable | None = None, ledger: Ledger | None = None,
-                freeze: int | None = None, bpda: bool = False) -> QueryTarget:
+                freeze: int | None = None, bpda: bool = False,
+                scene: SceneRender | None = None) -> QueryTarget:
     """The oracle an attack of ``kind`` gets for one match (strict: own reference, budget)."""
     common = dict(eot=eot, clean_out=clean_out, hq=hq, budget=budget, rounds=rounds, ledger=ledger,
-                  freeze=freeze, bpda=bpda)
+                  freeze=freeze, bpda=bpda, scene=scene)
     if kind == "white-box":
         return Target(system, threat, objective, generator, **common)
     if kind == "transfer":

@@ -19,13 +19,14 @@ import json
 
 from arena.plan import Match
 from arena.run.harden import hardened_key, hardening_link
+from arena.threat import is_scene
 
 
 def computation_key(match: Match, registry) -> str | None:
     """The attack computation this match shares with others, or None if its attack depends on
     the defended system (adaptive through a transform, score-based, decision-free, transfer)."""
-    if match.status != "planned" or match.attack_kind != "white-box":
-        return None
+    if match.status != "planned" or match.attack_kind != "white-box" or is_scene(match.threat):
+        return None  # a scene match's batch is a scene, rendered with noise: never shared
     identity = all(_is_identity(registry.get("defense", s.name, allow_unavailable=True).cls)
                    for s in match.defense)
     if match.threat != "oblivious" and not identity:
