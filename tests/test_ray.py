@@ -152,5 +152,4 @@ def test_gpu_request_without_gpus_fails_at_once(ray_cluster, tmp_path):
     db = tmp_path / "gpu.db"
     with pytest.raises(ExecutorError, match="asks for 1 GPU"):
         run_tournament(config(num_gpus=1), str(db), executor="ray", progress=False, registry=load_registry())
-    from arena.store.db import open_reader as reader
-    assert queries.tournaments(reader(db)) == []
+    assert not db.exists()  # no database file until the cluster is accepted

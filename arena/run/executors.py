@@ -10,7 +10,7 @@ import re
 import socket
 import tempfile
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -137,8 +137,10 @@ class RayExecutor:
     """Warm worker actors, bounded in-flight work, completion order, per-match timeouts.
 
     Matches of the same restorer and defense go to the same actor where possible, so its models
-    and clean restorations stay warm. An actor that dies is restarted by Ray and its call retried
-    (``max_retries``); a match still failing, or past ``timeout_s``, is recorded as failed.
+    and clean restorations stay warm. An actor gets work only once the cluster has placed it, so
+    a run never waits on resources another job (or a lost node) holds. A match whose actor died
+    (its node lost) is retried on the other actors, ``max_retries`` times; one still failing, or
+    past ``timeout_s``, is recorded as failed.
     """
 
     name = "ray"
@@ -227,10 +229,10 @@ class RayExecutor:
     def _actor(self, data_ref, hardened):
         from arena.run.worker import Worker
 
-        cls = self.ray.remote(
-            num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus,
-            max_restarts=self.t.max_retries, max_task_retries=self.t.max_retries,
-        )(Worker)
+        # no restarts by Ray: a restarted actor waits for the resources of a node that may be
+        # gone. The executor retries a dead actor's match on the others and starts a new actor,
+        # which gets work only once it is placed (its ``ready`` call answered).
+        cls = self.ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus, max_restarts=0)(Worker)
         return cls.remote(data_ref, hardened, threads=self.t.num_cpus, samples=self.t.samples_per_match)
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
@@ -243,9 +245,21 @@ class RayExecutor:
         groups: dict[tuple, deque[Match]] = defaultdict(deque)
         for m in matches:
             groups[(m.restorer.model_dump_json(), m.defense_label)].append(m)
-        actors = [self._actor(data_ref, hardened) for _ in range(self.n_workers(len(matches)))]
-        last_group: dict[int, tuple | None] = {i: None for i in range(len(actors))}
-        inflight: dict[Any, tuple[int, Match, float]] = {}
+        actors: list[Any] = []
+        last_group: dict[int, tuple | None] = {}
+        inflight: dict[Any, tuple[int, Match | None, float]] = {}  # a match's call, or an actor's ready call
+        deaths: Counter = Counter()  # per match key, the workers that died running it
+        unplaced = ["no Ray worker could be placed on the cluster"]  # why work is left, if it is
+
+        def start_actor(i: int | None = None) -> None:
+            actor = self._actor(data_ref, hardened)
+            if i is None:
+                i = len(actors)
+                actors.append(actor)
+            else:
+                actors[i] = actor
+            last_group[i] = None
+            inflight[actor.ready.remote()] = (i, None, time.monotonic())
 
         def next_match(i: int) -> Match | None:
             g = last_group[i]
@@ -269,33 +283,53 @@ class RayExecutor:
                     break
             inflight[actors[i].run.remote(m.model_dump(mode="json"), (given or {}).get(m.key))] = (i, m, time.monotonic())
 
+        def busy() -> bool:  # a match is running, or one waits and some actor is placed or coming
+            return any(m is not None for _, m, _ in inflight.values()) or (
+                any(groups.values()) and bool(inflight))
+
         try:
-            for i in range(len(actors)):
-                submit(i)
-            while inflight:
+            for _ in range(self.n_workers(len(matches))):
+                start_actor()
+            while busy():
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     i, m, _t0 = inflight.pop(ref)
+                    if m is None:  # an actor is placed: give it work
+                        try:
+                            ray.get(ref)
+                        except ray.exceptions.RayError as exc:  # it could not start: the slot stays empty
+                            unplaced[0] = f"a Ray worker could not start: {_first_line(exc)}"
+                            continue
+                        submit(i)
+                        continue
                     try:
-                        result = dict(ray.get(ref), attempts=1)
+                        result = dict(ray.get(ref), attempts=deaths[m.key] + 1)
                     except ray.exceptions.RayActorError as exc:
-                        result = failed(m, f"worker died {self.t.max_retries + 1} time(s): "
-                                           f"{_first_line(exc)}", self.t.max_retries + 1, error=str(exc))
-                        actors[i] = self._actor(data_ref, hardened)
-                        last_group[i] = None
+                        deaths[m.key] += 1
+                        start_actor(i)  # its node may be gone: placed elsewhere, or never
+                        if deaths[m.key] <= self.t.max_retries:
+                            groups[(m.restorer.model_dump_json(), m.defense_label)].appendleft(m)
+                            continue
+                        result = failed(m, f"worker died {deaths[m.key]} time(s): {_first_line(exc)}",
+                                        deaths[m.key], error=str(exc))
+                        on_result(m, result)
+                        continue
                     except ray.exceptions.RayError as exc:
                         result = failed(m, f"{type(exc).__name__}: {_first_line(exc)}", error=str(exc))
                     on_result(m, result)
                     submit(i)
                 now = time.monotonic()
                 for ref, (i, m, t0) in list(inflight.items()):
-                    if now - t0 > self.t.timeout_s:
+                    if m is not None and now - t0 > self.t.timeout_s:
                         inflight.pop(ref)
                         ray.kill(actors[i], no_restart=True)
                         on_result(m, failed(m, f"timed out after {self.t.timeout_s:g} s"))
-                        actors[i] = self._actor(data_ref, hardened)
-                        last_group[i] = None
-                        submit(i)
+                        start_actor(i)
+            for g in groups.values():  # no actor could ever be placed for these
+                while g:
+                    m = g.popleft()
+                    if on_start is None or on_start(m) is not False:
+                        on_result(m, failed(m, unplaced[0]))
         except KeyboardInterrupt:
             for ref in inflight:  # queued calls are dropped; running ones die with their actor below
                 ray.cancel(ref)

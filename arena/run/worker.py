@@ -49,6 +49,10 @@ class Worker:
         self._data_bytes = tuple(None if t is None else t.numpy().tobytes() for t in self._tensors())
         self.watch = Watch()
 
+    def ready(self) -> bool:
+        """Answered once the actor is placed and built: the executor's cue to give it work."""
+        return True
+
     def device_name(self) -> str:
         if self.device.type == "cuda":
             return f"cuda:{torch.cuda.get_device_name(self.device)}"
