@@ -347,8 +347,9 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
         if not data.has_scenes:
             return Outcome("failed", blame="infra", reason=f"threat model '{match.threat}' needs the "
                            f"dataset's HDR scenes and PSFs; '{data.name}' has none")
-        scene = SceneRender(data.scene.to(device), data.psf.to(device), data.noise.to(device),
-                            data.photons, data.read_noise, match.seed, patch_area(match.threat))
+        scene = SceneRender(data.scene.to(device), data.psf.to(device), data.photons,
+                            data.read_noise, match.seed, patch_area(match.threat),
+                            margin=(data.scene.shape[-1] - data.lq.shape[-1]) // 2)
         given = None  # never shared (arena/run/share.py): the batch is a scene, not an image
     reference = clean.out
     if match.threat == "oblivious" and attack.params.objective == "mse_clean":
@@ -428,7 +429,7 @@ def _score(match: Match, system: System, data: UDCData, clean: Clean, lq, hq, sa
     shown = None
     if scene is not None:
         shown = _scene_views(scene, x_adv)
-        x_adv = scene.evaluate(x_adv)
+        x_adv = scene.evaluate(x_adv, data.noise.to(device))
     outcome.adv = x_adv.cpu().numpy().copy()
     t1 = time.perf_counter()
     try:  # scored by a system rebuilt after the attack, under the clean pass's draw (for a

@@ -76,21 +76,21 @@ class SceneRender:
     Noise: each oracle evaluation draws fresh Gaussian sensor noise of each sample's photon
     count and read noise from the arena's own generator (seeded by the match, held here, never
     the attack's nor the target's ``generator``), so the attack must survive it (EOT). The
-    batch that is scored is rendered with the noise realisation the dataset formed lq with
-    (``evaluate``), a draw no oracle call ever used: with u' = u it is lq itself.
+    batch that is scored is rendered by the arena (``evaluate``) with the noise realisation the
+    dataset formed lq with, which this object (the attack's oracle holds it) never sees: with
+    u' = u the scored batch is lq itself.
     """
 
-    def __init__(self, scene: torch.Tensor, psf: torch.Tensor, noise: torch.Tensor,
-                 photons: torch.Tensor, read_noise: torch.Tensor, seed: int,
-                 patch: float | None = None):
+    def __init__(self, scene: torch.Tensor, psf: torch.Tensor, photons: torch.Tensor,
+                 read_noise: torch.Tensor, seed: int, patch: float | None = None,
+                 margin: int | None = None):
         from arena.data.formation import inverse_tonemap, tonemap
 
-        self.margin = (scene.shape[-1] - noise.shape[-1]) // 2
+        self.margin = psf.shape[-1] // 2 if margin is None else int(margin)  # context per side
         self._x0 = scene.detach().double().clone()
         self._u0 = tonemap(self._x0).float()
         self._inv0 = inverse_tonemap(self._u0.double())
         self._psf = psf.detach().double().clone()
-        self._eval_noise = noise.detach().double().clone()
         self._photons = photons.detach().double().cpu().clone()
         self._read = read_noise.detach().double().cpu().clone()
         self.__draws = torch.Generator(device="cpu").manual_seed(int(seed) * 7 + 1_000_003)
@@ -136,12 +136,13 @@ class SceneRender:
         return torch_render(x, psf, noise, margin=self.margin).to(u.dtype)
 
     @torch.no_grad()
-    def evaluate(self, u: torch.Tensor) -> torch.Tensor:
-        """The scored UDC input: the perturbed scene under the dataset's own noise draw."""
+    def evaluate(self, u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The scored UDC input: the perturbed scene under ``noise`` (N, 3, H, W), the
+        dataset's own draw, which the arena passes here after the attack has returned."""
         from arena.data.formation import torch_render
 
         x = self.scene(u)
-        return torch_render(x, self._psf, self._eval_noise, margin=self.margin).to(u.dtype).clamp(0, 1)
+        return torch_render(x, self._psf, noise.double(), margin=self.margin).to(u.dtype).clamp(0, 1)
 
 
 def _faults(what: str):
