@@ -466,7 +466,7 @@ def _attack_once(match: Match, kind: str, system: System, attack: Attack, lq, hq
     if watch is not None:
         watch.arm(ledger, only_oracle=kind in ("score-based", "decision-free"))
     try:
-        start = lq.clone() if scene is None else scene.start()  # scene: the tone-mapped scene
+        start = lq.clone() if scene is None else scene.start()  # scene: the light pattern's canvas
         x_adv = attack.run(target, start, hq.clone(), match.budget, generator(match.seed + 2))
     except BaseException as exc:  # noqa: BLE001 - a timeout must pass, everything else is judged
         if not isinstance(exc, Exception):
@@ -560,15 +560,15 @@ def score_rows(ids, clean: Clean, drawn: dict[str, Any], x_adv, lq, queries) -> 
 
 
 def _scene_views(scene: SceneRender, u_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frame of the perturbed scene, tone-mapped, and of its perturbation (as the camera
-    sees them: a patch match's perturbation outside its patch is not in the scene)."""
+    """The frame of the perturbed scene, tone-mapped, and of the radiance added to it (as the
+    camera sees them: a patch match's perturbation outside its patch is not in the scene)."""
     from arena.data.formation import tonemap
 
     m = scene.margin
     frame = (..., slice(m, u_adv.shape[-2] - m), slice(m, u_adv.shape[-1] - m))
     with torch.no_grad():
-        shown = tonemap(scene.scene(u_adv)).to(u_adv.dtype)
-    return shown[frame], (shown - scene.start())[frame]
+        x, x0 = scene.scene(u_adv), scene.scene(scene.start())
+    return tonemap(x).to(u_adv.dtype)[frame], (x - x0).to(u_adv.dtype)[frame]
 
 
 def _amplified(d: torch.Tensor, match: Match, own_scale: bool) -> torch.Tensor:

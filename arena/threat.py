@@ -65,10 +65,13 @@ class SceneRender:
     """The arena's image formation for one scene match: what the attack perturbs and how the
     perturbed scene reaches the restorer.
 
-    The attack's input is the tone-mapped scene u = φ(x) = x / (x + 0.25) (3, H+2m, W+2m) in
-    [0, 1], with the context m the PSF spreads into the frame: the scene as the arena displays
-    it (its frame is the ground truth). ε is the L∞ (or L2) radius on u. A perturbed u' becomes
-    the radiance x' = x + φ⁻¹(u') − φ⁻¹(u), rendered as φ(C(x' ∗ k + n)) with the sample's PSF.
+    The attack perturbs light: its input is a pattern canvas (3, H+2m, W+2m) of 0.5 everywhere
+    (``start``), covering the frame and the context m the PSF spreads into it, and a returned
+    canvas u' adds the radiance u' − 0.5 to the HDR scene: x' = max(x + u' − 0.5, 0), in units
+    of the sensor's saturation level. So ε is the L∞ (or L2) radius of the radiance added or
+    removed, a fraction of what saturates a pixel (ε < 0.5: the canvas is clamped to [0, 1]).
+    x' is rendered as φ(C(x' ∗ k + n)) with the sample's PSF; to first order the UDC input
+    moves by φ'(C(x ∗ k))·C'·(k ∗ δ), up to 4δ in the dark and nothing where it saturates.
     Under ``scene-patch-N`` only a square of N% of the frame is the attacker's (a screen or a
     sticker), placed per image by the match seed: outside it the scene is the scene, whatever
     the attack returns (the budget is still checked on all of it).
@@ -81,15 +84,14 @@ class SceneRender:
     u' = u the scored batch is lq itself.
     """
 
+    #: the canvas value that adds no light
+    REST = 0.5
+
     def __init__(self, scene: torch.Tensor, psf: torch.Tensor, photons: torch.Tensor,
                  read_noise: torch.Tensor, seed: int, patch: float | None = None,
                  margin: int | None = None):
-        from arena.data.formation import inverse_tonemap, tonemap
-
         self.margin = psf.shape[-1] // 2 if margin is None else int(margin)  # context per side
         self._x0 = scene.detach().double().clone()
-        self._u0 = tonemap(self._x0).float()
-        self._inv0 = inverse_tonemap(self._u0.double())
         self._psf = psf.detach().double().clone()
         self._photons = photons.detach().double().cpu().clone()
         self._read = read_noise.detach().double().cpu().clone()
@@ -108,20 +110,16 @@ class SceneRender:
         return mask.to(self._x0.device)
 
     def start(self) -> torch.Tensor:
-        """The unperturbed tone-mapped scene, the attack's ``lq``."""
-        return self._u0.clone()
+        """The canvas that adds no light, the attack's ``lq``."""
+        return torch.full(self._x0.shape, self.REST, dtype=torch.float32, device=self._x0.device)
 
     def scene(self, u: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """The linear radiance of a perturbed tone-mapped scene (float64, differentiable)."""
-        from arena.data.formation import inverse_tonemap
-
+        """The linear radiance of the scene under canvas u (float64, differentiable)."""
         rows = slice(None) if index is None else index.to(self._x0.device)
-        x0, inv0 = self._x0[rows], self._inv0[rows]
-        d = u.double() - self._u0[rows].double()
+        d = u.double() - self.REST
         if self.mask is not None:
             d = d * self.mask[rows]
-        # φ⁻¹ explodes at 1: beyond φ⁻¹(0.999) ≈ 250x saturation more light changes nothing
-        return (x0 + inverse_tonemap((self._u0[rows].double() + d).clamp(0.0, 0.999)) - inv0).clamp_min(0.0)
+        return (self._x0[rows] + d).clamp_min(0.0)  # light can be taken away, down to none
 
     def __call__(self, u: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """The UDC input the restorer receives, under a fresh noise draw (oracle calls)."""
