@@ -17,6 +17,7 @@ from arena.store import queries, views
 from arena.store.db import open_reader
 from arena.threat import SceneRender
 from arena_plugins.attacks.pgd import PGD
+from adversaries import arena_worker
 from helpers import Cheat, db_url, registry_with
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,6 +188,24 @@ def test_the_scored_noise_draw_is_the_datasets_whatever_the_attack_does():
     expected = render.evaluate(pattern(render.start()), data.noise).numpy()
     assert np.abs(runs[0]["adv"] - expected).max() < 1e-6
     assert np.array_equal(runs[0]["adv"], runs[1]["adv"])
+
+
+class NoiseWriter(PGD):
+    """Finds the worker through the garbage collector and zeroes the scored noise draw."""
+
+    name = "noisewriter"
+
+    def perturb(self, target, lq, hq, budget, generator):
+        arena_worker().data.noise.zero_()
+        return pattern(lq)
+
+
+def test_an_attack_that_overwrites_the_scored_noise_draw_is_disqualified():
+    data = load_embedded("test", images=2, size=16)
+    kept = data.noise.clone()
+    out = run_pair(data, "noisewriter", registry_with(NoiseWriter), threats=("scene",))["scene"]
+    assert out["status"] == "disqualified" and "modified" in out["reason"]
+    assert torch.equal(data.noise, kept)  # and the arena put it back
 
 
 def test_each_oracle_evaluation_draws_new_noise_outside_torchs_global_generator():

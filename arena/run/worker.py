@@ -44,7 +44,7 @@ class Worker:
         self._clean: dict[tuple, Clean] = {}
         self._probes: dict[tuple, dict[str, Any]] = {}
         self._eot: dict[tuple, dict] = {}  # per system: the suite's EOT rule results
-        self._data_hash = data.hash
+        self._data_hash = self._fingerprint()
         # bytes are immutable: a plugin that finds this copy cannot change what is put back
         self._data_bytes = tuple(None if t is None else t.numpy().tobytes() for t in self._tensors())
         self.watch = Watch()
@@ -109,20 +109,24 @@ class Worker:
         return self._probes[key]
 
     def _tensors(self) -> tuple:
-        return (self.data.lq, self.data.hq, self.data.psf, self.data.code)
+        d = self.data  # the scene threat model's noise draw is scored: it is guarded like lq
+        return (d.lq, d.hq, d.psf, d.code, d.scene, d.noise, d.photons, d.read_noise)
+
+    def _fingerprint(self) -> str:
+        return data_hash(*self._tensors()[:4]) + _digest(*(t for t in self._tensors()[4:] if t is not None))
 
     def integrity(self) -> str | None:
         """What a component changed that it was never given: the data, a cached clean
         restoration, or a model's weights. Whatever it was is put back (or dropped, to be
         recomputed), so no other match sees the damage."""
         problem = None
-        if data_hash(*self._tensors()) != self._data_hash:
+        if self._fingerprint() != self._data_hash:
             problem = "modified the arena's own copy of the images"
             for t, raw in zip(self._tensors(), self._data_bytes):
                 if t is not None:
                     t.data.copy_(torch.frombuffer(bytearray(raw), dtype=t.dtype).view_as(t))
             self._clean.clear()
-            if data_hash(*self._tensors()) != self._data_hash:  # the backup itself was replaced
+            if self._fingerprint() != self._data_hash:  # the backup itself was replaced
                 raise RuntimeError("the worker's backup of the data was replaced: it cannot be restored, so every later match on this worker fails")
         if any(_digest(c.out, c.psnr, c.ssim) != d for c, d in self._clean.values()):
             problem = problem or "modified the arena's cached clean restorations"
