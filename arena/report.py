@@ -168,8 +168,11 @@ def _curves(engine, tid, norm: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in views.eps_curves(engine, tid, norm=norm) if r["attack"] == "ALL"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, threat in zip(axes, ("oblivious", "adaptive")):
+    # scene threat models get panels of their own: their ε is radiance, never on one axis
+    threats = ["oblivious", "adaptive", *sorted({r["threat"] for r in rows} - {"oblivious", "adaptive"})]
+    fig, axes = plt.subplots(1, len(threats), figsize=(5.5 * len(threats), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, threat in zip(axes, threats):
         part = [r for r in rows if r["threat"] == threat]
         for system in sorted({r["system"] for r in part}):
             pts = sorted((r["eps"] * 255, r["robust_psnr"]) for r in part if r["system"] == system)

@@ -265,6 +265,11 @@ def test_a_scene_tournament_stores_and_ranks_scene_rows_apart(tmp_path):
     assert [r["threat"] for r in only] == ["scene"]
     scene_pgd = queries.scores_of(engine, by[("scene", "pgd")]["id"])
     assert all(s["linf"] > 0 for s in scene_pgd)  # the rendered perturbation, input-domain units
+    from arena.report import write_report
+
+    md = write_report(db, tmp_path / "report", report.tournament_id)[0].read_text()
+    for threat in ("oblivious", "scene", "scene-patch-25"):
+        assert f"{threat}, linf ε = 8/255" in md
 
 
 def test_datasets_without_scenes_plan_scene_matches_as_skipped_with_the_reason():
