@@ -237,15 +237,38 @@ class Restorer(Component):
     #: (benchmarks/bench_restorers.py); others lose speed, so it is opt-in.
     channels_last: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "weights" not in cls.Params.model_fields:
+            cls.Params = with_weights(cls.Params)
+
     def build(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    def adapt_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's state dict in the architecture's published key layout, renamed to this
+        module's (``arena weights import``). Default: unchanged."""
+        return state
+
+    def enter_state(self, state: dict[str, torch.Tensor], where: str) -> tuple[torch.nn.Module, dict, str]:
+        """A checkpoint's state dict as (module it loads into strictly, tensors to store,
+        architecture name), for ``arena weights import``. Default: ``adapt_state``, then
+        ``build()``; a mismatch is one ``WeightsError`` line."""
+        from arena.checkpoint import load_strict
+
+        model = load_strict(self.build(), self.adapt_state(state), where)
+        return model, model.state_dict(), type(model).__name__
+
+    def weights_file(self) -> str | Path | None:
+        """The weights this instance loads: its ``weights`` parameter, else the class default."""
+        return getattr(self.params, "weights", None) or self.weights
 
     def load(self, device: str | torch.device = "cpu", weights: str | Path | None = None):
         """Build the module, load its weights (safetensors only), put it in eval mode on device."""
         from arena.weights import load_weights
 
         model = self.build()
-        path = weights if weights is not None else self.weights
+        path = weights if weights is not None else self.weights_file()
         if path is not None:
             load_weights(model, path)
         model.eval().requires_grad_(False)
@@ -254,6 +277,32 @@ class Restorer(Component):
             model = model.to(memory_format=torch.channels_last)
             model.arena_channels_last = True  # System.restore feeds it channels-last inputs
         return model
+
+
+def _weights_file(v: str | None) -> str | None:
+    if v is None:
+        return None
+    path = Path(v).expanduser().resolve()
+    if path.suffix != ".safetensors":
+        raise ValueError("must be a .safetensors file with its manifest (convert a checkpoint with "
+                         "`arena weights import`)")
+    if not path.exists():
+        raise ValueError(f"no such file {path}")
+    return str(path)
+
+
+def with_weights(params: type[Params]) -> type[Params]:
+    """``params`` plus ``weights``: a safetensors file (made by ``arena weights import``) that
+    replaces the class's default weights. Left out of the dump while unset, so every match key
+    planned before the field existed stays the same."""
+    from typing import Annotated
+
+    from pydantic import AfterValidator, create_model
+
+    field = Field(None, exclude_if=lambda v: v is None,
+                  description="safetensors weights replacing the default (arena weights import)")
+    return create_model(params.__name__, __base__=params, __module__=params.__module__,
+                        weights=(Annotated[str | None, AfterValidator(_weights_file)], field))
 
 
 def run_restorer(model: torch.nn.Module, lq: torch.Tensor, code: torch.Tensor | None,

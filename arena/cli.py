@@ -500,6 +500,32 @@ def train(restorer, out, params, no_resume, quiet, **options):
                f"(input {m['input_psnr']:.2f} dB) on {m['data_version']} test, {m['wall_time_s']:.0f} s")
 
 
+@main.group()
+def weights():
+    """Restorer weights: enter checkpoints trained elsewhere."""
+
+
+@weights.command("import")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--restorer", required=True, help="The restorer whose architecture the checkpoint holds.")
+@click.option("--out", default=None, help="Output .safetensors (default: CHECKPOINT-RESTORER.safetensors beside it).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="a restorer parameter (value parsed as JSON, else a string); repeatable")
+def weights_import(checkpoint, restorer, out, params):
+    """Load CHECKPOINT (.pth/.pt/.ckpt without running code, or .safetensors) strictly into
+    RESTORER; write safetensors and a manifest, for `weights = "PATH"` in a tournament config."""
+    from arena.checkpoint import import_weights
+    from arena.train import parse_params
+    from arena.weights import read_manifest
+
+    path = import_weights(checkpoint, restorer, out, parse_params(params))
+    m = read_manifest(path)
+    click.echo(f"{path}: {m['architecture']}, {m['params']:,} parameters, from {m['source']['file']} "
+               f"(sha256 {m['source']['sha256'][:12]}…)")
+    extra = "".join(f", {k} = {json.dumps(v)}" for k, v in m["restorer_params"].items())
+    click.echo(f'tournament config: restorers = [{{ name = "{restorer}", weights = "{path}"{extra} }}]')
+
+
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")

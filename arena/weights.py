@@ -83,22 +83,28 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Load checked weights into model; tensors must match the architecture exactly."""
-    state = load_state(path)
-    own = model.state_dict()
+def mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading strictly into a module whose state is ``own``: the
+    first few missing, unexpected and misshapen tensors with their counts; "" if nothing."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:3]}")
-        if unexpected:
-            details.append(f"unexpected {unexpected[:3]}")
-        if wrong:
-            k = wrong[0]
-            details.append(f"shape of '{k}' is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
-        raise WeightsError(f"{path}: tensors do not match the architecture: " + "; ".join(details))
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing {missing[:3]}")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected {unexpected[:3]}")
+    if wrong:
+        shapes = [f"'{k}' is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}" for k in wrong[:2]]
+        details.append(f"{len(wrong)} of another shape ({'; '.join(shapes)})")
+    return "; ".join(details)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load checked weights into model; tensors must match the architecture exactly."""
+    state = load_state(path)
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise WeightsError(f"{path}: tensors do not match the architecture: {problem}")
     model.load_state_dict(state)
     return model

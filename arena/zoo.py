@@ -74,7 +74,8 @@ def zoo_table(names: list[str] | None = None, device: str | None = None,
     """
     registry = registry or load_registry()
     rows, input_psnr, input_ssim = [], None, None
-    available = [n for n, e in sorted(registry.entries["restorer"].items()) if not e.unavailable]
+    available = [n for n, e in sorted(registry.entries["restorer"].items())
+                 if not e.unavailable and e.cls.weights is not None]  # not `pretrained`: no defaults
     for name in names or available:
         restorer = registry.create("restorer", name)
         if restorer.weights is None or not Path(restorer.weights).exists():

@@ -21,4 +21,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q ${ARENA_TORCH:-torch==2.13.0}
 fi
 "$PY" -m pip install -q -e ".[test]"
+# the `pretrained` extra without its declared torchvision, which would replace this torch build
+# and does not import beside the CPU one (README, "Bring your own restorer")
+# shellcheck disable=SC2046
+"$PY" -m pip install -q --no-deps $("$PY" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["pretrained"]))')
 echo "$want" > "$stamp"

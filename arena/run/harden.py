@@ -40,7 +40,7 @@ def hardened_key(restorer: Spec, link: Spec, match: Match, registry) -> str:
     """Content key of a hardened restorer: what it was built from (including the versions of
     the plugins that built it), not which match asked."""
     versions = [registry.get(role, s.name).version for role, s in (("restorer", restorer), ("defense", link))]
-    base = registry.get("restorer", restorer.name).cls.weights
+    base = registry.create("restorer", restorer.name, restorer.params).weights_file()
     versions.append(sha256_file(base) if base is not None and Path(base).exists() else None)
     blob = json.dumps({"restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
                        "versions": versions,
@@ -98,7 +98,7 @@ def build_hardened(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: i
     manifest = {
         "restorer": restorer.model_dump(mode="json"), "defense": link.model_dump(mode="json"),
         "data_version": train.version, "data_hash": train.hash, "seed": seed,
-        "base_weights": sha256_file(r.weights) if r.weights else None,
+        "base_weights": sha256_file(r.weights_file()) if r.weights_file() else None,
         "wall_time_s": time.perf_counter() - t0, "device": str(dev),
     }
     return str(save_weights(state, path, manifest))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -96,6 +97,15 @@ class NAFNet(Restorer):
     def build(self) -> nn.Module:
         p = self.params
         return NAFNetModule(p.width, (1,) * p.levels, p.middle_blocks, (1,) * p.levels)
+
+    def adapt_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """BasicSR's key layout (the authors' release): ``middle_blks`` and the depthwise
+        ``conv2`` are ``middle`` and ``dwconv`` here; the maths is the same. (BasicSR pads with
+        zeros, this module replicates: outputs agree where H and W are multiples of 2**levels.)"""
+        if not any(k.startswith("middle_blks.") for k in state):
+            return state
+        return {re.sub(r"\.conv2\.", ".dwconv.", re.sub(r"^middle_blks\.", "middle.", k)): v
+                for k, v in state.items()}
 
 
 @hookimpl
