@@ -109,6 +109,11 @@ class SceneRender:
             mask[i, :, top:top + side, left:left + side] = 1.0
         return mask.to(self._x0.device)
 
+    @property
+    def canvas(self) -> torch.Size:
+        """The shape of the canvas: the scene's, frame and context."""
+        return self._x0.shape
+
     def start(self) -> torch.Tensor:
         """The canvas that adds no light, the attack's ``lq``."""
         return torch.full(self._x0.shape, self.REST, dtype=torch.float32, device=self._x0.device)
@@ -344,7 +349,7 @@ class QueryTarget:
     def _check_input(self, x: torch.Tensor, what: str) -> None:
         if not self.strict:
             return
-        h, w = self._hq.shape[-2:] if self._scene is None else self._scene.start().shape[-2:]
+        h, w = (self._hq.shape if self._scene is None else self._scene.canvas)[-2:]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (3, h, w):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             self._break(f"{what} takes (rows, 3, {h}, {w}) images; got {shape}")
