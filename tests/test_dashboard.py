@@ -259,20 +259,41 @@ def test_curves_page_has_both_threat_models(app):
     assert [h.value for h in app.header] == ["PSNR vs attack iterations"]
 
 
-def test_gallery_page_shows_the_six_pictures_with_psnr(app, arena_db):
+def test_gallery_page_shows_every_picture_with_psnr(app, arena_db):
+    from arena.display import SAMPLE_KINDS, eps_label
+
     db, _, tid = arena_db
     app.switch_page("sections/gallery.py").run()
     assert not app.exception and not app.warning
-    match = next(s for s in app.selectbox if s.label == "Match").value
-    image = next(s for s in app.selectbox if s.label == "Image").value
-    pictures = app.get("image")
-    assert len(pictures) == 6
-    captions = [p.proto.imgs[0].caption for p in pictures]
-    score = next(s for s in queries.scores_of(open_reader(db), match["id"]) if s["image"] == image["image"])
-    assert captions[0] == "UDC input" and captions[-1] == "ground truth"
+    picked = {f: app.selectbox(key=f"gal-{f}").value for f in ("threat", "eps", "restorer", "defense", "attack", "seed")}
+    (match,) = [m for m in views.gallery_matches(open_reader(db), tid)
+                if (m["threat"], eps_label(m["eps"]), m["restorer"], m["defense"], m["attack"], str(m["seed"]))
+                == tuple(picked.values())]
+    image = app.selectbox(key="gal-image").value
+    stored = views.gallery(open_reader(db), match["id"])
+    assert image == stored[0]["image"] and len(app.selectbox(key="gal-image").options) == len(stored)
+    captions = [p.proto.imgs[0].caption for p in app.get("image")]
+    # every stored kind, the difference map, then one restored output per image of the match
+    present = [k for k in SAMPLE_KINDS if k in stored[0]["paths"]]
+    assert len(present) == 6 and len(captions) == len(present) + 1 + len(stored)
+    score = next(s for s in queries.scores_of(open_reader(db), match["id"]) if s["image"] == image)
+    assert captions[0] == "UDC input" and captions[5] == "ground truth"
     assert f"{score['clean_psnr']:.2f} dB" in captions[3]
     assert f"{score['adv_psnr']:.2f} dB" in captions[4]
+    assert captions[6].startswith("restored attacked − restored clean, ×")
     assert f"arena reproduce {match['key']} --db {db}" in [c.value for c in app.code]
+    # another ε: the captions are that match's, not the previous one's
+    other = next(v for v in app.selectbox(key="gal-eps").options if v != picked["eps"])
+    app.selectbox(key="gal-eps").set_value(other).run()
+    assert not app.exception
+    picked["eps"] = other
+    (match2,) = [m for m in views.gallery_matches(open_reader(db), tid)
+                 if (m["threat"], eps_label(m["eps"]), m["restorer"], m["defense"], m["attack"], str(m["seed"]))
+                 == tuple(picked.values())]
+    score2 = next(s for s in queries.scores_of(open_reader(db), match2["id"]) if s["image"] == image)
+    captions2 = [p.proto.imgs[0].caption for p in app.get("image")]
+    assert f"{score2['adv_psnr']:.2f} dB" in captions2[4] and captions2[1] != captions[1]
+    assert app.query_params["eps"] == [other] if isinstance(app.query_params["eps"], list) else other
 
 
 def test_runs_page_lists_tournaments_failures_and_commands(app, arena_db):
