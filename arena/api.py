@@ -239,8 +239,8 @@ class Restorer(Component):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "weights" not in cls.Params.model_fields:
-            cls.Params = with_weights(cls.Params)
+        if not {"weights", "tile", "overlap"} & set(cls.Params.model_fields):
+            cls.Params = with_common(cls.Params)
 
     def build(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -271,12 +271,18 @@ class Restorer(Component):
         path = weights if weights is not None else self.weights_file()
         if path is not None:
             load_weights(model, path)
+        return self.ready(model, device)
+
+    def ready(self, model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+        """A loaded module in eval mode on device, tiling full-resolution inputs (arena.tiling)."""
+        from arena.tiling import enable
+
         model.eval().requires_grad_(False)
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
             model.arena_channels_last = True  # System.restore feeds it channels-last inputs
-        return model
+        return enable(model, getattr(self.params, "tile", 0), getattr(self.params, "overlap", 32))
 
 
 def _weights_file(v: str | None) -> str | None:
@@ -291,18 +297,25 @@ def _weights_file(v: str | None) -> str | None:
     return str(path)
 
 
-def with_weights(params: type[Params]) -> type[Params]:
-    """``params`` plus ``weights``: a safetensors file (made by ``arena weights import``) that
-    replaces the class's default weights. Left out of the dump while unset, so every match key
-    planned before the field existed stays the same."""
+def with_common(params: type[Params]) -> type[Params]:
+    """``params`` plus what every restorer takes: ``weights``, a safetensors file (made by
+    ``arena weights import``) replacing the class's default weights, and ``tile``/``overlap``
+    for full-resolution images (arena.tiling). Each is left out of the dump while at its
+    default, so every match key planned before these existed stays the same."""
     from typing import Annotated
 
     from pydantic import AfterValidator, create_model
 
-    field = Field(None, exclude_if=lambda v: v is None,
-                  description="safetensors weights replacing the default (arena weights import)")
+    weights = Field(None, exclude_if=lambda v: v is None,
+                    description="safetensors weights replacing the default (arena weights import)")
+    tile = Field(None, ge=0, le=16384, exclude_if=lambda v: v is None,
+                 description="tile side in pixels for large images (0: never tile; unset: tile "
+                 "when the forward would pass the memory budget ARENA_TILE_MEMORY_MB)")
+    overlap = Field(32, ge=0, le=1024, exclude_if=lambda v: v == 32,
+                    description="pixels neighbouring tiles share and blend")
     return create_model(params.__name__, __base__=params, __module__=params.__module__,
-                        weights=(Annotated[str | None, AfterValidator(_weights_file)], field))
+                        weights=(Annotated[str | None, AfterValidator(_weights_file)], weights),
+                        tile=(int | None, tile), overlap=(int, overlap))
 
 
 def run_restorer(model: torch.nn.Module, lq: torch.Tensor, code: torch.Tensor | None,

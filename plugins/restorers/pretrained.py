@@ -103,6 +103,9 @@ class PretrainedRestorer(Restorer):
     class Params(Params):
         weights: str = Field(description="checkpoint: .pth/.pt/.ckpt (read with weights_only=True) "
                              "or .safetensors")
+        tile: int | None = Field(None, ge=0, le=16384, description="tile side for large images "
+                                 "(0: never; unset: from the memory budget, arena.tiling)")
+        overlap: int = Field(32, ge=0, le=1024, description="pixels neighbouring tiles blend")
 
         @field_validator("weights")
         @classmethod
@@ -143,7 +146,7 @@ class PretrainedRestorer(Restorer):
     def load(self, device="cpu", weights=None):
         if weights is not None:  # hardened weights of the same architecture
             return super().load(device, weights)
-        return self.build().eval().requires_grad_(False).to(device)
+        return self.ready(self.build(), device)
 
     def weights_file(self):
         return self.params.weights
