@@ -85,7 +85,7 @@ LEADERBOARD_COLUMNS = {
     "robust_ssim": number("robust SSIM", "%.4f"),
     "drop_psnr": number("drop", help="clean PSNR - robust PSNR, dB"),
     "worst_attack": st.column_config.TextColumn("worst attack"),
-    "defense_ms_per_mp": number("defense ms/MP", "%.1f", help="Defense time per megapixel"),
+    "defense_s_per_mp": number("defense s/MP", "%,.4f", help="Defense time per megapixel, seconds"),
     "n_images": st.column_config.NumberColumn("images", format="%d"),
     "n_attacks": st.column_config.NumberColumn("attacks", format="%d"),
     "n_seeds": st.column_config.NumberColumn("seeds", format="%d"),
@@ -96,3 +96,38 @@ LEADERBOARD_COLUMNS = {
     "flags": st.column_config.TextColumn("sanity flags", width="large"),
     "why": st.column_config.TextColumn("why not ranked / notes", width="large"),
 }
+
+#: one line per threat model, shown wherever both are
+THREAT_MODELS = {
+    "oblivious": "the attacker differentiates the undefended restorer; the defense is applied only at "
+                 "evaluation (the paper's setting)",
+    "adaptive": "the attacker gets the whole defended system: exact gradients, BPDA where a link declares "
+                "it, EOT over random links (what the robustness literature requires)",
+}
+#: short badges for the sanity flags of arena/flags.py (unknown flags get their initials)
+BADGES = {
+    "bad-gradient": "⚠grad", "no-eot": "⚠EOT", "weaker-than-fgsm": "⚠<FGSM",
+    "gradient-attacks-beaten": "⚠beaten", "damage-not-growing": "⚠ε-flat", "adaptive-weaker": "⚠adapt",
+    "not-converged": "⚠conv", "test-only": "⚠test",
+}
+
+
+def badge(flag: str) -> str:
+    return BADGES.get(flag) or "⚠" + "".join(w[0] for w in flag.split("-"))
+
+
+def table_height(n_rows: int) -> int:
+    """A data grid tall enough for every row (header + rows + border): no inner scrolling."""
+    return 35 * (n_rows + 1) + 3
+
+
+#: live progress goes stale fast: the Runs page refreshes it every few seconds
+LIVE_TTL_S = 2
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def live(name: str, db: str, *args: Any, **kwargs: Any):
+    """``arena.store.live.<name>(engine, *args, **kwargs)``, cached for two seconds."""
+    from arena.store import live as live_queries
+
+    return getattr(live_queries, name)(engine(db), *args, **kwargs)

@@ -135,8 +135,11 @@ def test_views_leaderboard_agrees_with_a_plain_recomputation(arena_db):
 def test_leaderboard_page_shows_every_budget_with_the_stored_numbers(app, arena_db):
     db, _, tid = arena_db
     assert app.session_state["tournament"] == tid  # the most recent tournament by default
-    assert [h.value for h in app.header][:2] == ["adaptive threat model", "oblivious threat model"]
-    assert [s.value for s in app.subheader] == ["linf ε=4/255", "linf ε=8/255"] * 2
+    headers = [h.value for h in app.header]
+    assert headers[:2] == ["Most robust system", "Per budget: clean, oblivious and adaptive"]
+    assert [h for h in headers if "threat model" in h] == ["adaptive threat model", "oblivious threat model"]
+    # the side-by-side tables per ε, then the full table of each threat model and ε
+    assert [s.value for s in app.subheader] == ["linf ε=4/255", "linf ε=8/255"] * 3
     frames = shown_leaderboards(app)
     rows = views.leaderboard(open_reader(db), tid)
     assert len(frames) == 4
@@ -145,8 +148,9 @@ def test_leaderboard_page_shows_every_budget_with_the_stored_numbers(app, arena_
     for got, want in zip(shown, rows):
         for field in ("rank", "restorer", "defense", "worst_attack", "n_images", "n_seeds"):
             assert got[field] == want[field]
-        for field in ("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "drop_psnr", "defense_ms_per_mp"):
+        for field in ("clean_psnr", "clean_ssim", "robust_psnr", "robust_ssim", "drop_psnr"):
             assert got[field] == pytest.approx(want[field])
+        assert got["defense_s_per_mp"] == pytest.approx(want["defense_ms_per_mp"] / 1000)
     for df in frames:  # ranked by robust PSNR within each budget
         assert list(df["rank"]) == list(range(1, len(df) + 1))
         assert list(df["robust_psnr"]) == sorted(df["robust_psnr"], reverse=True)
@@ -160,6 +164,32 @@ def test_leaderboard_page_shows_every_budget_with_the_stored_numbers(app, arena_
                 and eps == pytest.approx(row["eps"])}
         assert set(filter(None, got["flags"].split("; "))) == want
     assert any("test-only (pgd): stored by the dashboard test" in r["flags"] for r in shown)
+
+
+def test_leaderboard_summary_and_side_by_side_tables(app, arena_db):
+    db, _, tid = arena_db
+    rows = views.leaderboard(open_reader(db), tid)
+    summary = app.table[0].value
+    assert list(summary.columns) == ["oblivious", "adaptive"]
+    for threat in ("oblivious", "adaptive"):
+        for eps, label in ((4 / 255, "linf ε=4/255"), (8 / 255, "linf ε=8/255")):
+            (best,) = [r for r in rows if r["threat"] == threat and r["rank"] == 1 and r["eps"] == pytest.approx(eps)]
+            assert summary.loc[label, threat] == f"{best['restorer']} + {best['defense']}: {best['robust_psnr']:.2f} dB"
+    side = [df.value for df in app.dataframe if "gap" in df.value.columns]
+    assert len(side) == 2
+    for df in side:
+        assert len(df) == 4 and list(df["rank"]) == [1, 2, 3, 4]
+        for t in df.to_dict("records"):
+            by = {r["threat"]: r for r in rows if (r["restorer"], r["defense"]) == (t["restorer"], t["defense"])
+                  and r["eps"] == pytest.approx(8 / 255 if df is side[1] else 4 / 255)}
+            assert t["oblivious"].split()[0] == f"{by['oblivious']['robust_psnr']:.2f}"
+            assert t["adaptive"].split()[0] == f"{by['adaptive']['robust_psnr']:.2f}"
+            assert t["gap"] == pytest.approx(by["oblivious"]["robust_psnr"] - by["adaptive"]["robust_psnr"])
+            assert t["gallery"].startswith("gallery?threat=adaptive&eps=")
+    # the stored test flag shows as a badge beside the oblivious number of tiny + jpeg at 8/255
+    tiny = side[1].set_index(["restorer", "defense"]).loc[("tiny", "jpeg")]
+    assert "⚠test" in tiny["oblivious"] and "⚠test" not in tiny["adaptive"]
+    assert any("stored by the dashboard test" in md.value for md in app.markdown)
 
 
 def test_attack_kind_filter_changes_which_attacks_count(app, arena_db):
