@@ -183,6 +183,8 @@ class RayExecutor:
     def rescore(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         import cloudpickle
 
+        blobs = getattr(self, "_blobs", {})  # hardened weights travel with the job (any node re-scores)
+        job = dict(job, systems=[dict(s, weights=blobs.get(s["weights"], s["weights"])) for s in job["systems"]])
         # max_calls=1: the re-scoring gets a worker process of its own, which exits after it
         task = self.ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus, max_calls=1,
                                max_retries=self.t.max_retries)(rescore_payload)
@@ -195,10 +197,11 @@ class RayExecutor:
         """Build the jobs in parallel, as many at a time as workers fit, each under ``timeout_s``
         from its start: a ``Hardened``, whose ``failed`` keeps each job that raised, died or
         timed out."""
-        from arena.run.harden import Hardened, build_hardened, job_failed
+        from arena.run.harden import Hardened, build_portable, job_failed, materialise
 
         ray, out, waiting, inflight = self.ray, Hardened(), deque(jobs), {}
-        task = ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus)(build_hardened)
+        # the file's bytes come back: the node that built it may not share our cache folder
+        task = ray.remote(num_cpus=self.t.num_cpus, num_gpus=self.t.num_gpus)(build_portable)
 
         def submit() -> None:
             if waiting:
@@ -212,7 +215,9 @@ class RayExecutor:
             for ref in ready:
                 job, _t0 = inflight.pop(ref)
                 try:
-                    out[job[0]] = ray.get(ref)
+                    blob = ray.get(ref)
+                    out[job[0]], out.blobs[job[0]] = materialise(blob), blob
+                    self._blobs = {**getattr(self, "_blobs", {}), out[job[0]]: blob}
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None)  # what harden raised, as the local executor says it
                     why = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else _first_line(exc)
@@ -242,6 +247,7 @@ class RayExecutor:
         if not matches:
             return
         data_ref = ray.put(data)  # one copy in the object store, shared by every actor
+        hardened = ray.put(hardened)  # with the weights' bytes, for nodes without the files
         groups: dict[tuple, deque[Match]] = defaultdict(deque)
         for m in matches:
             groups[(m.restorer.model_dump_json(), m.defense_label)].append(m)

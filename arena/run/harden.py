@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,20 @@ from arena.weights import save_weights, sha256_file
 
 class Hardened(dict):
     """Built weights files by hardened key (what workers look up); ``failed`` holds, by the
-    same key, the ``reason`` and ``error`` (traceback) of each job that raised or timed out."""
+    same key, the ``reason`` and ``error`` (traceback) of each job that raised or timed out;
+    ``blobs``, by the same key, the files' contents (:func:`portable`) where they were built
+    on another host, so that a node without the file writes it to its own cache."""
 
     def __init__(self, weights: dict[str, str] | None = None, failed: dict[str, dict[str, str]] | None = None):
         super().__init__(weights or {})
         self.failed = dict(failed or {})
+        self.blobs: dict[str, dict[str, Any]] = {}
+
+    def local(self, key: str) -> str:
+        """The weights file of ``key`` in this host's cache (copied there from ``blobs`` where it
+        was built elsewhere: a path of another host means nothing here, even if it exists)."""
+        blob = getattr(self, "blobs", {}).get(key)
+        return materialise(blob) if blob is not None else self[key]
 
 
 def hardening_link(match: Match, registry) -> Spec | None:
@@ -102,3 +112,41 @@ def build_hardened(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: i
         "wall_time_s": time.perf_counter() - t0, "device": str(dev),
     }
     return str(save_weights(state, path, manifest))
+
+
+def portable(path: str) -> dict[str, Any]:
+    """A built weights file and its manifest as bytes, to travel through Ray's object store to
+    hosts that do not share the cache folder."""
+    p = Path(path)
+    return {"name": p.name, "weights": p.read_bytes(), "manifest": p.with_suffix(".json").read_bytes(),
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
+def build_portable(key: str, restorer: Spec, link: Spec, data: DataSpec, seed: int) -> dict[str, Any]:
+    """:func:`build_hardened` on whichever node Ray picks, returning the file's contents."""
+    return portable(build_hardened(key, restorer, link, data, seed))
+
+
+def materialise(blob: dict[str, Any]) -> str:
+    """The path of a :func:`portable` file in this host's cache, written there (atomically) unless
+    a file of the same content is there already. The name carries the hardened key (what the
+    weights were built from); the bytes are checked against the builder's hash."""
+    path = cache_dir() / blob["name"]
+    if _MATERIALISED.get(str(path)) == blob["sha256"] and path.is_file():
+        return str(path)
+    if path.is_file() and path.with_suffix(".json").is_file() and sha256_file(path) == blob["sha256"]:
+        _MATERIALISED[str(path)] = blob["sha256"]
+        return str(path)
+    if hashlib.sha256(blob["weights"]).hexdigest() != blob["sha256"]:
+        raise ValueError(f"hardened weights {blob['name']} arrived corrupted (sha256 differs)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in ((path.with_suffix(".json"), blob["manifest"]), (path, blob["weights"])):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    _MATERIALISED[str(path)] = blob["sha256"]
+    return str(path)
+
+
+#: files this process has checked or written, by path: their hash (no re-hash per match)
+_MATERIALISED: dict[str, str] = {}

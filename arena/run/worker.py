@@ -19,7 +19,7 @@ from arena.defaults import default_device
 from arena.match import Clean, Outcome, Watch, clean_pass, evaluate, probe, rescore
 from arena.plan import Match, Spec
 from arena.plugins import load_registry
-from arena.run.harden import hardened_key, hardening_link
+from arena.run.harden import hardened_key, hardening_link, materialise
 from arena.threat import System
 
 
@@ -75,7 +75,9 @@ class Worker:
         link = hardening_link(match, self.registry)
         weights = None
         if link is not None:
-            weights = self.hardened[hardened_key(match.restorer, link, match, self.registry)]
+            key = hardened_key(match.restorer, link, match, self.registry)
+            local = getattr(self.hardened, "local", None)  # built on another host: copy it here
+            weights = local(key) if local is not None else self.hardened[key]
         model = self.model(match.restorer, weights)
         return System(model, self._links(match), self._code(match.restorer.name))
 
@@ -229,7 +231,10 @@ def rescore_systems(job: dict[str, Any]) -> list[dict[str, Any]]:
         code = data.code.to(device) if rcls.needs_psf else None
 
         def build() -> System:  # everything new: weights from disk, links from their specs
-            model = rcls(rcls.validate(s["restorer"]["params"])).load(device, weights=s["weights"])
+            weights = s["weights"]
+            if isinstance(weights, dict):  # built on another host (arena.run.harden.portable)
+                weights = materialise(weights)
+            model = rcls(rcls.validate(s["restorer"]["params"])).load(device, weights=weights)
             links = [classes[("defense", d["name"])](classes[("defense", d["name"])].validate(d["params"]))
                      for d in s["defense"]]
             return System(model, links, code)

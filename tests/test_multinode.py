@@ -1,0 +1,180 @@
+"""A real two-node Ray cluster, started as a user would (issue 16): `ray start --head` and a
+second `ray start --address` as separate processes, each node with its own cache folder (no
+shared filesystem for hardened weights), the driver an `arena run --address` process.
+
+Covered: hardening on one node used by matches on the other, and a worker node killed mid-run
+(its match retried on the survivor; the leaderboard equals the undisturbed run's).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from arena.store import queries
+from arena.store.db import open_reader
+from pg import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RAY = str(Path(sys.executable).parent / "ray")
+ARENA = str(Path(sys.executable).parent / "arena")
+
+CONFIG = '''
+name = "{name}"
+seed = 0
+threat_models = ["oblivious", "adaptive"]
+num_cpus = 1
+samples_per_match = 0
+[data]
+images = 4
+size = 32
+{systems}
+[[attacks]]
+name = "pgd"
+restarts = 1
+{budgets}'''
+#: eight systems of two restorers and two defenses: 16 matches of about a second each
+SYSTEMS = '''
+[[restorers]]
+name = "unet"
+[[restorers]]
+name = "nafnet"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "jpeg"
+quality = 75
+'''
+#: one hardened system (adversarial fine-tuning of the tiny restorer), built on one node
+HARDENED = '''
+[[restorers]]
+name = "tiny"
+[[defenses]]
+name = "advtrain"
+steps = 4
+batch = 2
+attack_steps = 1
+'''
+
+
+def env_for(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # token authentication would need the token file on every node; on loopback it is off here
+    return dict(env, RAY_AUTH_MODE="disabled", ARENA_CACHE=str(cache), RAY_USAGE_STATS_ENABLED="0",
+                PYTHONWARNINGS="ignore")
+
+
+class TwoNodes:
+    """Head and worker started by `ray start`, each with its own ARENA_CACHE."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.temp = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths are limited
+        self.port = free_port()
+        base = random.randrange(40000, 60000, 1000)
+        self.caches = {name: root / f"cache-{name}" for name in ("head", "worker", "driver")}
+        self.tag = Path(self.temp).name
+        self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false",
+                             f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp}",
+                             f"--min-worker-port={base}", f"--max-worker-port={base + 300}"])
+        self.add_worker(base + 400)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        res = subprocess.run([RAY, "start", "--num-cpus=1", "--disable-usage-stats",
+                              f"--node-name={self.tag}-{name}", *args],
+                             env=env_for(self.caches[name]), capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+    def add_worker(self, base: int) -> None:
+        self._start("worker", [f"--address=127.0.0.1:{self.port}",
+                               f"--min-worker-port={base}", f"--max-worker-port={base + 300}"])
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker node's raylet and every process it started, as a lost host would."""
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        raylets = [int(line.split()[0]) for line in out.splitlines()
+                   if "raylet/raylet" in line and f"--node-name={self.tag}-worker" in line]
+        assert raylets, "worker raylet not found"
+        kids = subprocess.run(["pgrep", "-P", ",".join(map(str, raylets))], capture_output=True, text=True).stdout
+        for pid in raylets + [int(p) for p in kids.split()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def run(self, name: str, systems: str, db: Path, steps: int = 20,
+            eps: tuple[str, ...] = ("4/255", "8/255")) -> subprocess.Popen:
+        cfg = self.root / f"{name}.toml"
+        budgets = "".join(f'[[budgets]]\neps = "{e}"\nsteps = {steps}\n' for e in eps)
+        cfg.write_text(CONFIG.format(name=name, systems=systems, budgets=budgets))
+        return subprocess.Popen([ARENA, "run", str(cfg), "--address", f"127.0.0.1:{self.port}",
+                                 "--db", str(db), "--quiet"], env=env_for(self.caches["driver"]),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def close(self) -> None:
+        subprocess.run(["pkill", "-9", "-f", self.temp], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = TwoNodes(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.close()
+
+
+def finished(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def leaderboard(db: Path) -> list[dict]:
+    from arena.store import views
+
+    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "defense_ms_per_mp"}
+            for r in views.leaderboard(open_reader(str(db)))]
+
+
+def test_hardened_weights_built_on_one_node_are_used_on_the_other(cluster, tmp_path):
+    db = tmp_path / "h.db"
+    finished(cluster.run("harden", HARDENED, db, steps=40, eps=("1/255", "2/255", "4/255", "8/255")))
+    rows = queries.matches(open_reader(str(db)))
+    assert {r["status"] for r in rows} == {"done"}, {(r["status"], r["reason"]) for r in rows}
+    assert len({r["node"].split(" (")[1] for r in rows}) == 2  # matches ran on both nodes
+    # one node built the weights; each node read them from its own cache folder, where the
+    # other's copy arrived through the object store
+    for node in ("head", "worker", "driver"):
+        assert len(list((cluster.caches[node] / "hardened").glob("advtrain-tiny-*.safetensors"))) == 1, node
+
+
+def test_a_worker_node_lost_mid_run_is_survived_with_the_same_leaderboard(cluster, tmp_path):
+    calm, hit = tmp_path / "calm.db", tmp_path / "hit.db"
+    t0 = time.monotonic()
+    finished(cluster.run("calm", SYSTEMS, calm))
+    undisturbed = time.monotonic() - t0
+    t0 = time.monotonic()
+    proc = cluster.run("hit", SYSTEMS, hit)
+    done = 0
+    while proc.poll() is None and done < 4:
+        time.sleep(0.3)
+        try:
+            done = queries.status_counts(open_reader(str(hit))).get("done", 0)
+        except Exception:  # noqa: BLE001 - not created yet
+            done = 0
+    assert proc.poll() is None, "the tournament finished before the node could be killed"
+    cluster.kill_worker()
+    finished(proc)
+    disturbed = time.monotonic() - t0
+    print(f"\nundisturbed {undisturbed:.1f} s, worker node killed after {done} matches: {disturbed:.1f} s")
+    rows = queries.matches(open_reader(str(hit)))
+    assert {r["status"] for r in rows} == {"done"}, {(r["status"], r["reason"]) for r in rows}
+    assert leaderboard(hit) == leaderboard(calm) != []
