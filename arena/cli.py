@@ -320,9 +320,10 @@ def _print_components(infos: list[dict]) -> None:
 @click.option("--port", default=8501, show_default=True, type=int)
 def dashboard(db, port):
     """Start the Streamlit dashboard on 127.0.0.1 over the database, read-only."""
-    from arena.store.db import open_reader
+    from arena.store.db import open_reader, sqlite_path
 
-    open_reader(db)  # refuse a missing or foreign database before starting a server
+    if sqlite_path(db) is None or sqlite_path(db).exists():  # a file not yet written: the app waits for it
+        open_reader(db)  # refuse a foreign database before starting a server
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ, ARENA_DB=db)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",

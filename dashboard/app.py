@@ -20,13 +20,26 @@ if str(HERE) not in sys.path:
 
 import common  # noqa: E402
 
-from arena.store.db import DatabaseError  # noqa: E402
+from arena.store.db import DatabaseError, sqlite_path  # noqa: E402
 from arena.store.migrations import SchemaError  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 st.set_page_config(page_title="udc-arena", layout="wide")
 
 db = common.db_url()
+waiting = sqlite_path(db)
+if waiting is not None and not waiting.exists():  # started before the first result: wait for it
+    st.title("udc-arena")
+    st.info(f"No results yet: the database {str(waiting)!r} does not exist. This page opens the results "
+            "as soon as a tournament writes them (`arena run configs/default.toml --db FILE`).")
+
+    @st.fragment(run_every=2)
+    def wait_for_results():
+        if waiting.exists():
+            st.rerun()
+
+    wait_for_results()
+    st.stop()
 try:
     common.engine(db)
 except (DatabaseError, SchemaError, SQLAlchemyError) as exc:

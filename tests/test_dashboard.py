@@ -359,19 +359,20 @@ def test_all_tournaments_and_pages_render_and_nothing_is_written(arena_db, monke
 
 
 @pytest.mark.parametrize("kind", ["missing", "foreign"])
-def test_app_refuses_a_missing_or_foreign_database(tmp_path, monkeypatch, kind):
+def test_app_waits_for_a_missing_and_refuses_a_foreign_database(tmp_path, monkeypatch, kind):
     path = tmp_path / f"{kind}.db"
     if kind == "foreign":
         sqlite3.connect(path).execute("create table x (y int)").connection.commit()
     monkeypatch.setenv("ARENA_DB", str(path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    (error,) = at.error
-    assert "Cannot open the results database" in error.value
-    assert ("does not exist" if kind == "missing" else "not a udc-arena database") in error.value
     assert not at.dataframe
-    if kind == "missing":
-        assert not path.exists()  # refusing must not create an empty database
+    if kind == "missing":  # opens, says there are no results yet, and waits for the file
+        assert not at.error and "No results yet" in at.info[0].value
+        assert not path.exists()  # waiting must not create an empty database
+        return
+    (error,) = at.error
+    assert "Cannot open the results database" in error.value and "not a udc-arena database" in error.value
 
 
 def test_dashboard_loads_neither_torch_nor_ray(arena_db):

@@ -14,13 +14,52 @@ tournaments = common.query("tournaments", db)
 if not tournaments:
     st.info("No tournament stored yet.")
     st.stop()
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {s:02d} s"
+
+
+first = common.live("progress", db, tid)
+
+
+@st.fragment(run_every=3 if first["running"] else 15)
+def progress():
+    """Counts while a tournament runs, refreshed in place (no reload)."""
+    p = common.live("progress", db, tid)
+    if bool(p["running"]) != bool(first["running"]):  # started or finished: refresh the whole page
+        st.rerun()
+    c = p["counts"]
+    done, failed = c.get("done", 0), c.get("failed", 0) + c.get("disqualified", 0)
+    st.subheader("Running now" if p["running"] else "Progress")
+    cols = st.columns(6)
+    cols[0].metric("planned (at least)", p["stored"] + p["running"],
+                   help="stored + in flight; matches not yet claimed by a driver are not known to the database")
+    cols[1].metric("done", done)
+    cols[2].metric("running", p["running"], help="claimed by a driver and not yet stored")
+    cols[3].metric("failed", failed, help="failed or disqualified")
+    cols[4].metric("skipped", c.get("skipped", 0))
+    rate = p["rate_per_min"]
+    cols[5].metric("rate", f"{rate:.1f}/min" if rate else "—",
+                   help="matches stored per minute since the first started, from the stored timings")
+    span = (p["last_finished"] - p["first_started"]) if p["first_started"] and p["last_finished"] else None
+    st.caption(f"matches ran for {duration(span)}" + (f"; last result {duration(p['now'] - p['last_finished'])} ago"
+                                                       if p["last_finished"] else "")
+               + (" · refreshes every 3 s while a tournament runs" if p["running"] else ""))
+
+
+progress()
 for t in tournaments:
     t["matches"] = ", ".join(f"{n} {s}" for s, n in sorted(common.query("status_counts", db, t["id"]).items()))
-st.dataframe(common.frame(tournaments, ["id", "name", "updated_at", "matches", "seed", "code_version",
+st.dataframe(common.frame(tournaments, ["id", "name", "created_at", "updated_at", "matches", "seed", "code_version",
                                         "data_version", "host", "command"]),
-             hide_index=True, key="tournaments",
+             hide_index=True, key="tournaments", height=common.table_height(len(tournaments)),
              column_config={"id": st.column_config.NumberColumn("id", format="%d"),
-                            "updated_at": st.column_config.DatetimeColumn("last run")})
+                            "created_at": st.column_config.DatetimeColumn("created"),
+                            "updated_at": st.column_config.DatetimeColumn("last run started")})
 
 shown = [t for t in tournaments if tid is None or t["id"] == tid]
 for t in shown:
@@ -38,16 +77,20 @@ for t in shown:
 st.header("Failed, disqualified and skipped matches")
 problems = common.view("problem_matches", db, tid)
 if not problems:
-    st.success("Every match of this selection finished and was scored.")
+    if first["running"]:
+        st.info("No failed, disqualified or skipped match so far; the tournament is still running.")
+    else:
+        st.success("Every stored match of this selection finished and was scored.")
 else:
     for p in problems:  # a plugin's coloured traceback reads as plain text here
         p["command"] = display.reproduce_command(p["key"], db)
         p["reason"], p["error"] = display.strip_ansi(p["reason"]), display.strip_ansi(p["error"])
-    st.dataframe(common.frame(problems, ["status", "blame", "threat", "norm", "eps", "restorer", "defense", "attack",
+        p["eps"] = common.eps_label(p["norm"], p["eps"])
+    st.dataframe(common.frame(problems, ["status", "blame", "threat", "eps", "restorer", "defense", "attack",
                                          "seed", "reason", "attempts", "key", "command"]),
                  hide_index=True, key="problems",
                  column_config={"reason": st.column_config.TextColumn("reason", width="large"),
-                                "eps": common.number("ε", "%.4f")})
+                                "eps": st.column_config.TextColumn("ε")})
     with_error = [p for p in problems if p["error"]]
     if with_error:
         p = st.selectbox("Error of", with_error,
@@ -77,4 +120,6 @@ if all_matches:
     st.caption(f"code {m['code_version']} · node {m['node']} · device {m['device']} · "
                f"versions {json.dumps(m['versions'] or {})}")
     with st.expander("Match spec (what the key hashes)"):
-        st.json(m["spec"])
+        # the spec is the plan's, written before the match ran: its status is the stored one
+        st.caption(f"stored status: {m['status']}")
+        st.json({k: v for k, v in (m["spec"] or {}).items() if k != "status"})
