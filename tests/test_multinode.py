@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,20 @@ def test_hardened_weights_built_on_one_node_are_used_on_the_other(cluster, tmp_p
     # other's copy arrived through the object store
     for node in ("head", "worker", "driver"):
         assert len(list((cluster.caches[node] / "hardened").glob("advtrain-tiny-*.safetensors"))) == 1, node
+
+
+def test_two_drivers_on_one_cluster_and_one_database_both_finish_and_split_the_work(cluster, tmp_path):
+    db, alone = tmp_path / "two.db", tmp_path / "one.db"
+    first, second = cluster.run("two", SYSTEMS, db), cluster.run("two", SYSTEMS, db)
+    outs = [finished(first), finished(second)]
+    rows = queries.matches(open_reader(str(db)))
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
+    counts = [re.search(r"this run: ([^;]*);", out).group(1) for out in outs]
+    done = [int(m.group(1)) if (m := re.search(r"(\d+) done", c)) else 0 for c in counts]
+    assert sum(done) == 16, counts  # every match computed once, by one of the two
+    print(f"\ntwo drivers on one cluster: {counts}")
+    finished(cluster.run("two", SYSTEMS, alone))
+    assert leaderboard(db) == leaderboard(alone)
 
 
 def test_a_worker_node_lost_mid_run_is_survived_with_the_same_leaderboard(cluster, tmp_path):
