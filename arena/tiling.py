@@ -71,7 +71,7 @@ def tiled(fn, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
             tw = min(tile, w)
             wx = window(tw, overlap, head=j > 0, tail=j < len(xs) - 1)
             win = (wy[:, None] * wx[None, :]).to(x)[None, None]
-            part = x[..., y0:y0 + th, x0:x0 + tw]
+            part = x[..., y0:y0 + th, x0:x0 + tw].contiguous()
             y = checkpoint(fn, part, use_reentrant=False) if grad else fn(part)
             out[..., y0:y0 + th, x0:x0 + tw] += y * win  # autograd records the slice (CopySlices)
             weight[..., y0:y0 + th, x0:x0 + tw] += win

@@ -127,3 +127,31 @@ def test_tiles_smaller_than_the_image_pass_through_unchanged():
     x = image(20, 20)
     assert tiled(fn, x, 32, 8) is not None
     torch.testing.assert_close(tiled(lambda t: t * 2, image(64, 64), 32, 16), image(64, 64) * 2)
+
+
+def test_embedded_full_gives_whole_photographs_at_the_asked_size():
+    from arena.data import load_data
+    from arena.metrics import psnr
+
+    a = load_data("embedded-full", "test", size=96, images=6)
+    b = load_data("embedded-full", "test", size=96, images=6)
+    assert a.lq.shape == (6, 3, 96, 96) and a.psf is not None and a.code.shape[0] == 6
+    assert torch.equal(a.lq, b.lq) and a.hash == b.hash  # deterministic per seed
+    assert {i.split("-full-")[0] for i in a.ids} == {"coffee", "rocket", "hubble"}
+    assert 0 <= float(a.lq.min()) and float(a.lq.max()) <= 1
+    assert float(psnr(a.lq, a.hq).mean()) < 35  # degraded, not a copy of the ground truth
+    crops = load_data("embedded", "test", size=32, images=2)
+    assert crops.name == "embedded" and crops.lq.shape[-1] == 32  # the crops are another dataset
+    with pytest.raises(Exception, match="test split only"):
+        load_data("embedded-full", "train", size=96)
+
+
+def test_the_full_resolution_config_plans_tiles(registry):
+    from pathlib import Path
+
+    from arena.plan import read_config
+
+    t = read_config(Path(__file__).resolve().parent.parent / "configs" / "full-res.toml")
+    assert t.data.name == "embedded-full" and t.data.size >= 256
+    for m in plan(t, registry):
+        assert m.status == "planned" and m.restorer.params["tile"] < t.data.size

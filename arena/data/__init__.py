@@ -18,7 +18,7 @@ from .psf import (ANGLES, CHANNEL_WAVELENGTHS, LAYOUTS, OPTICS, Optics, kernel_c
                   make_psf, psf_bank, pupil)
 from .real import check_real, load_real
 
-DATASETS = ("embedded", "discnet", "poled", "toled")
+DATASETS = ("embedded", "embedded-full", "discnet", "poled", "toled")
 
 
 def load_data(name: str = "embedded", split: str = "test", *, root: str | None = None,
@@ -33,6 +33,13 @@ def load_data(name: str = "embedded", split: str = "test", *, root: str | None =
     """
     if name == "embedded":
         return load_embedded(split, images=images, size=size, seed=seed, cache_dir=cache_dir)
+    if name == "embedded-full":  # the test photographs whole, at `size` (arena/data/full.py)
+        from .full import load_full
+
+        try:
+            return load_full(split, images=images, size=size, seed=seed)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     if name in DATASETS:
         if root is None:
             raise DataError(f"dataset {name!r} needs root= pointing at its folder")
