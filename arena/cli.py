@@ -459,7 +459,11 @@ def data_check(fmt, root):
     """Validate a real dataset on disk; report what is wrong in plain words."""
     from arena.data import check_dataset
 
+    from arena.data.real import summarise_real
+
     problems = check_dataset(fmt, root)
+    for line in summarise_real(fmt, root):  # what was found, problems or not
+        click.echo(line)
     for p in problems:
         click.echo(f"- {p}")
     if problems:

@@ -404,10 +404,7 @@ def check_real(fmt: str, root: str) -> list[str]:
     if not root_p.is_dir():
         return [f"{root_p}: dataset root is not a folder"]
     problems = _Problems(strict=False)
-    splits = [s for s in ("train", "val", "test")
-              if (root_p / s).is_dir() or (fmt == "discnet"
-                                          and (root_p / "synthetic_data" / "GT" / s).is_dir())
-              or (fmt != "discnet" and _mat_files(fmt, root_p, s))]
+    splits = _splits(fmt, root_p)
     if not splits:
         return [f"{root_p}: no train/, val/ or test/ split found for format {fmt}"]
     for split in splits:
@@ -423,3 +420,43 @@ def check_real(fmt: str, root: str) -> list[str]:
         for _ in _read_pairs(fmt, pairs, 0, problems):
             pass
     return problems.items
+
+
+def _splits(fmt: str, root: Path) -> list[str]:
+    return [s for s in ("train", "val", "test")
+            if (root / s).is_dir() or (fmt == "discnet" and (root / "synthetic_data" / "GT" / s).is_dir())
+            or (fmt != "discnet" and _mat_files(fmt, root, s))]
+
+
+def summarise_real(fmt: str, root: str) -> list[str]:
+    """One line per split of what the loader finds: pairs, frame sizes, the value range of
+    input and ground truth as restorers see them (DISCNet: tone-mapped), PSFs and codes.
+    Unreadable files are left out here; ``check_real`` names them."""
+    root_p, problems, lines = Path(root), _Problems(strict=False), []
+    for split in _splits(fmt, root_p):
+        pairs = _pairs(fmt, root_p, split, problems)
+        if isinstance(pairs, tuple):
+            lq, hq = (_read_mat_stack(p, problems) for p in pairs)
+            if lq is not None and hq is not None:
+                lines.append(f"{split}: {len(lq)} pairs from {pairs[0].name} and {pairs[1].name}, "
+                             f"{lq.shape[2]}x{lq.shape[3]}, input in [{lq.min():.3f}, {lq.max():.3f}], "
+                             f"ground truth in [{hq.min():.3f}, {hq.max():.3f}], no PSF")
+            continue
+        n, sizes, lo, hi, psfs, codes = 0, set(), [np.inf, np.inf], [-np.inf, -np.inf], set(), 0
+        for _, lq, hq, psf, code, _path in _read_pairs(fmt, pairs, 0, problems):
+            n += 1
+            sizes.add(f"{lq.shape[1]}x{lq.shape[2]}")
+            for i, a in enumerate((lq, hq)):
+                lo[i], hi[i] = min(lo[i], float(a.min())), max(hi[i], float(a.max()))
+            if psf is not None:
+                psfs.add(psf.tobytes())
+            codes += code is not None
+        if not n:
+            lines.append(f"{split}: no readable pairs")
+            continue
+        tone = " (tone-mapped)" if fmt == "discnet" else ""
+        psf_note = (f"{len(psfs)} distinct PSFs ({PSF_SIZE}x{PSF_SIZE} after fitting), "
+                    f"{codes} with kernel codes" if psfs else "no PSF")
+        lines.append(f"{split}: {n} pairs, {', '.join(sorted(sizes))}, input{tone} in [{lo[0]:.3f}, "
+                     f"{hi[0]:.3f}], ground truth in [{lo[1]:.3f}, {hi[1]:.3f}], {psf_note}")
+    return lines
