@@ -91,7 +91,7 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
     if t:
         lines += [f"- tournament #{t['id']}, last run {t['updated_at']}, seed {t['seed']}, host {t['host']}",
                   f"- code {t['code_version']}; data {t['data_version']} ({(t['data_hash'] or '')[:12]})",
-                  "- plugins: " + ", ".join(f"{k} ({v})" for k, v in sorted((t["plugin_versions"] or {}).items())),
+                  "- plugins used: " + ", ".join(f"{k} ({v})" for k, v in sorted(_used_plugins(engine, tid).items())),
                   f"- command: `{t['command']}`"]
     counts = queries.status_counts(engine, tid)
     lines += ["- matches: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),
@@ -100,6 +100,12 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
               "images. Threat models and budgets are never mixed.", ""]
     if not rows:
         lines += ["No scored matches yet.", ""]
+    winners = [r for r in rows if r["rank"] == 1]
+    if winners:
+        lines += ["## Most robust system", ""]
+        lines += [f"- {_budget_title(r)}: **{r['restorer']} + {r['defense']}**, robust PSNR {r['robust_psnr']:.2f} dB "
+                  f"(clean {r['clean_psnr']:.2f} dB)" for r in winners]
+        lines.append("")
     for members in _by_budget(rows).values():
         lines += [f"## Leaderboard: {_budget_title(members[0])}", "", *_md_table(members, LEADERBOARD), ""]
     for members in _by_budget(views.attack_ranking(engine, tid)).values():
@@ -117,6 +123,20 @@ def _markdown(engine, tid, rows, db, figures: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _used_plugins(engine, tid) -> dict[str, str]:
+    """The components the tournament's matches ran with ("role:name": version), not every
+    installed plugin."""
+    used: dict[str, str] = {}
+    for mt in queries.matches(engine, tid):
+        used.update(mt["versions"] or {})
+    return used
+
+
+def _defense_order(defenses) -> list[str]:
+    """Defenses with the undefended system first."""
+    return sorted(set(defenses), key=lambda d: (d != "none", d))
+
+
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -132,36 +152,42 @@ def _heatmaps(engine, tid, rows, path: Path) -> Path:
     restorers = sorted({r["restorer"] for r in rows})
     fig, axes = plt.subplots(len(budgets), len(restorers), squeeze=False,
                              figsize=(4.2 * len(restorers), 3.0 * len(budgets)))
-    for (threat, norm, eps), ax_row in zip(budgets, axes):
+    panels = {(b, restorer): views.matrix(engine, tid, restorer=restorer, threat=b[0], norm=b[1], eps=b[2])
+              for b in budgets for restorer in restorers}
+    values = [c["robust_psnr"] for cells in panels.values() for c in cells if c["robust_psnr"] is not None]
+    scale = (min(values), max(values)) if values else (0.0, 1.0)  # one colour scale for every panel
+    image = None
+    for b, ax_row in zip(budgets, axes):
         for restorer, ax in zip(restorers, ax_row):
-            cells = views.matrix(engine, tid, restorer=restorer, threat=threat, norm=norm, eps=eps)
-            _heatmap(ax, cells, f"{restorer} | {_budget_title({'threat': threat, 'norm': norm, 'eps': eps})}")
-    fig.suptitle("Robust PSNR (dB), attack × defense (ALL: worst case over attacks)")
-    fig.tight_layout()
+            title = f"{restorer} | {_budget_title({'threat': b[0], 'norm': b[1], 'eps': b[2]})}"
+            image = _heatmap(ax, panels[(b, restorer)], title, scale) or image
+    if image is not None:
+        fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="robust PSNR (dB)")
+    fig.suptitle("Robust PSNR (dB), attack × defense (ALL: worst case over attacks); one colour scale")
     return _save(fig, path)
 
 
-def _heatmap(ax, cells, title: str) -> None:
+def _heatmap(ax, cells, title: str, scale: tuple[float, float]):
     import numpy as np
 
     ax.set_title(title, fontsize=9)
     if not cells:
         ax.axis("off")
-        return
+        return None
     attacks = sorted({c["attack"] for c in cells} - {"ALL"}) + ["ALL"]
-    defenses = sorted({c["defense"] for c in cells})
+    defenses = _defense_order(c["defense"] for c in cells)
     grid = np.full((len(attacks), len(defenses)), np.nan)
     for c in cells:
         grid[attacks.index(c["attack"]), defenses.index(c["defense"])] = c["robust_psnr"]
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(defenses)), defenses, fontsize=8)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=scale[0], vmax=scale[1])
+    ax.set_xticks(range(len(defenses)), defenses, fontsize=7, rotation=20)
     ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
-    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2
+    middle = sum(scale) / 2
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):  # dark text on the bright end of viridis, light on the dark end
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if v > middle else "white")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return im
 
 
 def _curves(engine, tid, norm: str, path: Path) -> Path:
@@ -172,20 +198,33 @@ def _curves(engine, tid, norm: str, path: Path) -> Path:
     threats = ["oblivious", "adaptive", *sorted({r["threat"] for r in rows} - {"oblivious", "adaptive"})]
     fig, axes = plt.subplots(1, len(threats), figsize=(5.5 * len(threats), 4), sharey=True, squeeze=False)
     axes = axes[0]
+    # a colour per defense (the undefended system first), a line style per restorer: the
+    # 12 systems of the default tournament stay apart, and the legend says which is which
+    defenses = _defense_order(r["defense"] for r in rows)
+    restorers = sorted({r["restorer"] for r in rows})
+    colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(defenses)}
+    styles = {x: ("-", "--", ":", "-.")[i % 4] for i, x in enumerate(restorers)}
     for ax, threat in zip(axes, threats):
         part = [r for r in rows if r["threat"] == threat]
-        for system in sorted({r["system"] for r in part}):
-            pts = sorted((r["eps"] * 255, r["robust_psnr"]) for r in part if r["system"] == system)
-            ax.plot(*zip(*pts), marker="o", label=system)
+        for restorer in restorers:
+            for defense in defenses:
+                pts = sorted((r["eps"] * 255, r["robust_psnr"]) for r in part
+                             if (r["restorer"], r["defense"]) == (restorer, defense))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", markersize=3, color=colours[defense], linestyle=styles[restorer])
         ax.set_title(threat)
         ax.set_xlabel(f"ε ({norm}, ×1/255)")
         ax.grid(alpha=0.3)
-        if part:
-            ax.legend(fontsize=8)
-        else:
+        if not part:
             ax.text(0.5, 0.5, f"no {threat} matches", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel("robust PSNR (dB), worst case over attacks")
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+
+    handles = ([Line2D([], [], color=colours[d], lw=2, label=d) for d in defenses]
+               + [Line2D([], [], color="black", linestyle=styles[x], lw=1.5, label=x) for x in restorers])
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.85, 0.5), fontsize=8, frameon=False,
+               title="colour: defense\nline: restorer", title_fontsize=8)
     return _save(fig, path)
 
 

@@ -269,7 +269,7 @@ def test_matrix_page_heat_map_matches_leaderboard(app, arena_db):
     assert budget.value["threat"] == "oblivious" and budget.value["eps"] == pytest.approx(8 / 255)
     table = app.dataframe[0].value
     assert list(table.index) == ["fgsm", "pgd", "signnoise", "ALL"]
-    assert list(table.columns) == ["jpeg", "none"]
+    assert list(table.columns) == ["none", "jpeg"]  # the undefended system first
     board = {r["defense"]: r["robust_psnr"] for r in views.leaderboard(open_reader(db), tid, threat="oblivious")
              if r["restorer"] == "tiny" and r["eps"] == pytest.approx(8 / 255)}
     for defense in ("jpeg", "none"):

@@ -28,27 +28,35 @@ if not rows:
     st.info("No scored matches for this selection.")
     st.stop()
 
-data = common.frame(rows, ["threat", "system", "attack", "eps", "robust_psnr"])
+data = common.frame(rows, ["threat", "restorer", "defense", "system", "attack", "eps", "robust_psnr"])
 data["eps_255"] = data["eps"] * 255
 lo, hi = data["robust_psnr"].min(), data["robust_psnr"].max()
 pad = max(0.5, 0.05 * (hi - lo))
-columns = st.columns(2)
-for col, threat in zip(columns, ("oblivious", "adaptive")):
-    col.subheader(threat)
+# colour by defense (the undefended system first), one panel per restorer, a dash per attack:
+# few enough colours to tell apart, and the same colour means the same defense in every panel
+defenses_shown = sorted(set(data["defense"]), key=lambda d: (d != "none", d))
+attacks_shown = sorted(set(data["attack"]), key=lambda a: (a != "ALL", a))
+legend = dict(orient="bottom", direction="horizontal", columns=6, symbolStrokeWidth=3, symbolSize=300)
+for threat in ("oblivious", "adaptive"):
+    st.subheader(threat)
     part = data[data["threat"] == threat]
     if part.empty:
-        col.info(f"No {threat} matches.")
+        st.info(f"No {threat} matches.")
         continue
-    chart = alt.Chart(part).mark_line(point=True).encode(
+    chart = alt.Chart(part).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
         x=alt.X("eps_255:Q", title=f"ε ({norm}, ×1/255)"),
-        # one y scale for both sides, so the two threat models compare at a glance
+        # one y scale for both threat models and every panel, so they compare at a glance
         y=alt.Y("robust_psnr:Q", title="robust PSNR (dB)", scale=alt.Scale(domain=[lo - pad, hi + pad])),
-        color=alt.Color("system:N", title="system"),
-        strokeDash=alt.StrokeDash("attack:N", title="attack"),
-        tooltip=["system", "attack", alt.Tooltip("eps_255:Q", format=".2f", title="ε×255"),
+        color=alt.Color("defense:N", title="defense", sort=defenses_shown,
+                        scale=alt.Scale(domain=defenses_shown, scheme="tableau10"), legend=alt.Legend(**legend)),
+        strokeDash=alt.StrokeDash("attack:N", title="attack", sort=attacks_shown,
+                                  legend=alt.Legend(symbolType="stroke", symbolStrokeColor="black", **legend)),
+        detail="system:N",
+        tooltip=["restorer", "defense", "attack", alt.Tooltip("eps_255:Q", format=".2f", title="ε×255"),
                  alt.Tooltip("robust_psnr:Q", format=".2f")],
-    ).properties(height=380)
-    col.altair_chart(chart, width="stretch")
+    ).properties(height=300, width=380).facet(
+        column=alt.Column("restorer:N", title="restorer"))
+    st.altair_chart(chart)
 
 st.header("PSNR vs attack iterations")
 st.caption("Per white-box match on an MSE objective: the PSNR of its best mean loss so far after each "
@@ -66,12 +74,16 @@ if not curves:
     st.info("No iterative MSE-objective matches for this selection.")
 else:
     trace = common.frame(curves, ["system", "attack", "seed", "iteration", "robust_psnr", "converged"])
+    trace[["restorer", "defense"]] = trace["system"].str.split(" + ", n=1, expand=True, regex=False)
+    shown = sorted(set(trace["defense"]), key=lambda d: (d != "none", d))
     chart = alt.Chart(trace).mark_line().encode(
         x=alt.X("iteration:Q", title="gradient calls"),
         y=alt.Y("robust_psnr:Q", title="PSNR of the best loss (dB)", scale=alt.Scale(zero=False)),
-        color=alt.Color("system:N", title="system"),
-        strokeDash=alt.StrokeDash("attack:N", title="attack"),
-        detail="seed:N",
+        color=alt.Color("defense:N", title="defense", sort=shown, scale=alt.Scale(domain=shown, scheme="tableau10"),
+                        legend=alt.Legend(**legend)),
+        strokeDash=alt.StrokeDash("attack:N", title="attack",
+                                  legend=alt.Legend(symbolType="stroke", symbolStrokeColor="black", **legend)),
+        detail=["system:N", "seed:N"],
         tooltip=["system", "attack", "iteration", alt.Tooltip("robust_psnr:Q", format=".2f"), "converged"],
-    ).properties(height=380)
-    st.altair_chart(chart, width="stretch")
+    ).properties(height=300, width=380).facet(column=alt.Column("restorer:N", title="restorer"))
+    st.altair_chart(chart)
