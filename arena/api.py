@@ -254,7 +254,7 @@ class Restorer(Component):
         """A checkpoint's state dict as (module it loads into strictly, tensors to store,
         architecture name), for ``arena weights import``. Default: ``adapt_state``, then
         ``build()``; a mismatch is one ``WeightsError`` line."""
-        from arena.checkpoint import load_strict
+        from arena.weights import load_strict
 
         model = load_strict(self.build(), self.adapt_state(state), where)
         return model, model.state_dict(), type(model).__name__

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from arena.weights import WeightsError, mismatch, save_weights, sha256_file
+from arena.weights import WeightsError, save_weights, sha256_file
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 #: where a training framework keeps the state dict, most wanted first (EMA weights are what
@@ -84,15 +84,6 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         while state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
-
-
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
-    """Load ``state`` into ``model``; any missing, unexpected or misshapen tensor is one line."""
-    problem = mismatch(model.state_dict(), state)
-    if problem:
-        raise WeightsError(f"{where}: tensors do not match the architecture: {problem}")
-    model.load_state_dict(state)
-    return model
 
 
 def import_weights(checkpoint: str | Path, restorer_name: str, out: str | Path | None = None,

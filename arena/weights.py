@@ -102,9 +102,13 @@ def mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> st
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load checked weights into model; tensors must match the architecture exactly."""
-    state = load_state(path)
+    return load_strict(model, load_state(path), str(path))
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """Load ``state`` into ``model``; any missing, unexpected or misshapen tensor is one line."""
     problem = mismatch(model.state_dict(), state)
     if problem:
-        raise WeightsError(f"{path}: tensors do not match the architecture: {problem}")
+        raise WeightsError(f"{where}: tensors do not match the architecture: {problem}")
     model.load_state_dict(state)
     return model
