@@ -26,9 +26,18 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 st.set_page_config(page_title="udc-arena", layout="wide")
 
+pages = [
+    st.Page(HERE / "sections" / "leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+    st.Page(HERE / "sections" / "attacks.py", title="Attacks", icon=":material/bolt:"),
+    st.Page(HERE / "sections" / "matrix.py", title="Matrix", icon=":material/grid_on:"),
+    st.Page(HERE / "sections" / "curves.py", title="Curves", icon=":material/show_chart:"),
+    st.Page(HERE / "sections" / "gallery.py", title="Gallery", icon=":material/photo_library:"),
+    st.Page(HERE / "sections" / "runs.py", title="Runs", icon=":material/history:"),
+]
 db = common.db_url()
 waiting = sqlite_path(db)
 if waiting is not None and not waiting.exists():  # started before the first result: wait for it
+    st.navigation(pages, position="hidden")  # the address keeps its page (/runs) for when results come
     st.title("udc-arena")
     st.info(f"No results yet: the database {str(waiting)!r} does not exist. This page opens the results "
             "as soon as a tournament writes them (`arena run configs/default.toml --db FILE`).")
@@ -59,12 +68,4 @@ with st.sidebar:
                  help="Which matches count: those of one tournament (resumed ones included) or every stored match.")
     st.caption(f"database: `{db}` (read-only)")
 
-pages = [
-    st.Page(HERE / "sections" / "leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
-    st.Page(HERE / "sections" / "attacks.py", title="Attacks", icon=":material/bolt:"),
-    st.Page(HERE / "sections" / "matrix.py", title="Matrix", icon=":material/grid_on:"),
-    st.Page(HERE / "sections" / "curves.py", title="Curves", icon=":material/show_chart:"),
-    st.Page(HERE / "sections" / "gallery.py", title="Gallery", icon=":material/photo_library:"),
-    st.Page(HERE / "sections" / "runs.py", title="Runs", icon=":material/history:"),
-]
 st.navigation(pages).run()

@@ -37,6 +37,8 @@ pad = max(0.5, 0.05 * (hi - lo))
 defenses_shown = sorted(set(data["defense"]), key=lambda d: (d != "none", d))
 attacks_shown = sorted(set(data["attack"]), key=lambda a: (a != "ALL", a))
 legend = dict(orient="bottom", direction="horizontal", columns=6, symbolStrokeWidth=3, symbolSize=300)
+# the panels share the page's width: about 820 px beside the sidebar
+panel_px = max(180, 820 // max(1, data["restorer"].nunique()))
 for threat in ("oblivious", "adaptive"):
     st.subheader(threat)
     part = data[data["threat"] == threat]
@@ -54,7 +56,7 @@ for threat in ("oblivious", "adaptive"):
         detail="system:N",
         tooltip=["restorer", "defense", "attack", alt.Tooltip("eps_255:Q", format=".2f", title="ε×255"),
                  alt.Tooltip("robust_psnr:Q", format=".2f")],
-    ).properties(height=300, width=380).facet(
+    ).properties(height=300, width=panel_px).facet(
         column=alt.Column("restorer:N", title="restorer"))
     st.altair_chart(chart)
 
@@ -85,5 +87,5 @@ else:
                                   legend=alt.Legend(symbolType="stroke", symbolStrokeColor="black", **legend)),
         detail=["system:N", "seed:N"],
         tooltip=["system", "attack", "iteration", alt.Tooltip("robust_psnr:Q", format=".2f"), "converged"],
-    ).properties(height=300, width=380).facet(column=alt.Column("restorer:N", title="restorer"))
+    ).properties(height=300, width=panel_px).facet(column=alt.Column("restorer:N", title="restorer"))
     st.altair_chart(chart)

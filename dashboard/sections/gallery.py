@@ -96,7 +96,7 @@ def captions(image: dict) -> dict[str, str]:
     }
 
 
-def show(match: dict, image_name: str, where, per_row: int) -> None:
+def show(match: dict, image_name: str, where, per_row: int, width="stretch") -> None:
     """Every stored picture of one image of ``match``, and the difference map."""
     images = {i["image"]: i for i in common.view("gallery", db, match["id"])}
     image = images.get(image_name)
@@ -123,7 +123,7 @@ def show(match: dict, image_name: str, where, per_row: int) -> None:
             if pic is None:
                 col.warning(title)
             else:
-                col.image(enlarged(pic), caption=title, width=VIEW_PX)
+                col.image(enlarged(pic), caption=title, width=width)
 
 
 c = st.columns(len(PICKERS))
@@ -149,7 +149,7 @@ if compare:
     show(match, image_name, left, 2)
     show(other, image_name, right, 2)
 else:
-    show(match, image_name, st.container(), 4)
+    show(match, image_name, st.container(), 3, VIEW_PX)
 
 st.caption("PSNR of the defended system's output against the ground truth. The amplified "
            "perturbation maps -ε..ε (ℓ∞) or the largest |δ| (ℓ2) onto black..white; the difference "
