@@ -161,35 +161,100 @@ def chromium(binary: str, width: int = 1400, height: int = 1000):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium_binary():
     return require_tool(find_chromium(), "chromium")
+
+
+#: 2 restorers x 6 defenses: as many systems as the default tournament's tables, on 16 px images
+TWELVE = dict(name="twelve", data={"name": "embedded", "split": "test", "images": 2, "size": 16},
+              restorers=["identity", "tiny"],
+              defenses=["none", {"name": "jpeg", "quality": 50}, "median", "bitdepth", "tvm", "noise"],
+              attacks=["fgsm"], budgets=[{"norm": "linf", "eps": "4/255"}, {"norm": "linf", "eps": "8/255"}],
+              samples_per_match=2)
 
 
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("browser") / "arena.db")
-    run_tournament(config(), db, executor="local", progress=False, command="arena run small.toml")
+    run_tournament(config(**TWELVE), db, executor="local", progress=False, command="arena run twelve.toml")
     return db
 
 
+@pytest.fixture(scope="module")
+def server(small_db, tmp_path_factory):
+    """One dashboard server over the 12-system database for the module."""
+    with dashboard_server(small_db, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+# the data grid's scroller: content taller than its box means rows hidden behind inner scrolling
+SCROLL = """JSON.stringify(Array.from(document.querySelectorAll('[data-testid=stDataFrame]')).map(df => {
+  const s = df.querySelector('.dvn-scroller'); return s ? [s.scrollHeight, s.clientHeight] : null; }))"""
+CAPTIONS = """JSON.stringify(Array.from(document.querySelectorAll('[data-testid=stImage]')).map(
+  i => (i.parentElement.innerText || '').trim()))"""
+METRICS = """JSON.stringify(Object.fromEntries(Array.from(document.querySelectorAll('[data-testid=stMetric]')).map(
+  m => [m.querySelector('[data-testid=stMetricLabel]').innerText.trim(),
+        m.querySelector('[data-testid=stMetricValue]').innerText.trim()])))"""
+
+
+def click_at(browser, js_element: str) -> None:
+    """A real mouse click (DevTools Input events) at the centre of the element ``js_element``."""
+    box = json.loads(browser.evaluate(f"""(() => {{ const e = {js_element}; e.scrollIntoView({{block: 'center'}});
+      const r = e.getBoundingClientRect(); return JSON.stringify([r.x + r.width / 2, r.y + r.height / 2]); }})()"""))
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+
+def choose(browser, label: str, option: str, timeout_s: float = 30) -> None:
+    """Open the selectbox labelled ``label`` and click ``option``, as a user does."""
+    box = (f"Array.from(document.querySelectorAll('[data-testid=stSelectbox]')).find("
+           f"b => b.querySelector('label').innerText.trim() === {json.dumps(label)})"
+           ".querySelector('button[aria-haspopup=listbox]')")
+    click_at(browser, box)
+    item = (f"Array.from(document.querySelectorAll('[role=option]')).find("
+            f"o => o.innerText.trim() === {json.dumps(option)})")
+    end = time.monotonic() + timeout_s
+    while not browser.evaluate(f"!!({item})"):
+        if time.monotonic() > end:
+            raise TimeoutError(f"no option {option!r} in {label!r}")
+        time.sleep(0.2)
+    click_at(browser, item)
+
+
+def settle(browser, ready, timeout_s: float = 60) -> dict:
+    """Wait, without reloading, until the script has rerun and ``ready(state)`` holds."""
+    end, state = time.monotonic() + timeout_s, {}
+    time.sleep(0.5)
+    while time.monotonic() < end:
+        state = json.loads(browser.evaluate(STATE) or "{}")
+        if state.get("state") == "notRunning" and ready(state):
+            time.sleep(0.5)
+            return json.loads(browser.evaluate(STATE))
+        time.sleep(0.3)
+    raise TimeoutError(f"did not settle: {state.get('text', '')[:500]!r}")
+
+
 @pytest.mark.slow
-def test_dashboard_renders_the_leaderboard_in_a_browser(chromium_binary, small_db, tmp_path):
-    expected = views.leaderboard(open_reader(small_db))
-    with dashboard_server(small_db, tmp_path) as url, chromium(chromium_binary) as browser:
-        state = browser.open(url + "/", lambda s: s["frames"] >= 2)
+def test_dashboard_renders_the_leaderboard_in_a_browser(chromium_binary, small_db, server, tmp_path):
+    expected = [r for r in views.leaderboard(open_reader(small_db)) if r["eps"] == pytest.approx(4 / 255)]
+    assert len(expected) == 12
+    with chromium(chromium_binary) as browser:
+        state = browser.open(server + "/", lambda s: s["frames"] >= 2)
         shot = browser.screenshot(tmp_path / "leaderboard.png")
         tables = json.loads(browser.evaluate(READ_TABLES))
-        gallery = browser.open(url + "/gallery", lambda s: s["images"] >= 6)
-        browser.screenshot(tmp_path / "gallery.png")
-    assert "Leaderboard" in state["text"] and "oblivious threat model" in state["text"]
-    # first table: the only budget's leaderboard, in rank order, with the stored numbers
+        scroll = json.loads(browser.evaluate(SCROLL))
+    assert "Most robust system" in state["text"] and "oblivious threat model" in state["text"]
+    assert "the attacker differentiates the undefended restorer" in state["text"]  # the definition
+    # first table: the side-by-side one at 4/255, all 12 rows in rank order, none hidden
     board = tables[0]
-    assert [(r[2], r[3]) for r in board] == [(r["restorer"], r["defense"]) for r in expected]
+    assert len(board) == 12
+    assert [(r[1], r[2]) for r in board] == [(r["restorer"], r["defense"]) for r in expected]
     assert [r[0] for r in board] == [str(r["rank"]) for r in expected]
-    assert [r[1] for r in board] == ["ranked"] * len(expected)  # every match done and re-scored
-    assert [float(r[6]) for r in board] == pytest.approx([r["robust_psnr"] for r in expected])
-    assert gallery["images"] == 6 and "ground truth" in gallery["text"]
+    assert [float(r[5].split()[0]) for r in board] == pytest.approx([r["robust_psnr"] for r in expected], abs=0.006)
+    assert scroll and all(s is not None for s in scroll)
+    for content, box in scroll:
+        assert content <= box + 2, (content, box)  # no inner scrolling in any table
     from PIL import Image
 
     with Image.open(shot) as img:
@@ -197,8 +262,103 @@ def test_dashboard_renders_the_leaderboard_in_a_browser(chromium_binary, small_d
         assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # not blank
 
 
-def test_dashboard_command_refuses_a_missing_database(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "dashboard", "--db", str(tmp_path / "none.db"),
+@pytest.mark.slow
+def test_gallery_switches_matches_and_follows_a_leaderboard_row(chromium_binary, small_db, server):
+    with chromium(chromium_binary) as browser:
+        first = browser.open(server + "/gallery", lambda s: s["images"] >= 6)
+        before = json.loads(browser.evaluate(CAPTIONS))
+        choose(browser, "defense", "jpeg")
+        after_state = settle(browser, lambda s: "identity + jpeg" in s["text"] and s["images"] >= 6)
+        after = json.loads(browser.evaluate(CAPTIONS))
+        # a leaderboard row's link: its gallery, opened on that system
+        browser.open(server + "/", lambda s: s["frames"] >= 2 and "Gallery of " in s["text"])
+        link = "Array.from(document.querySelectorAll('a')).find(a => a.innerText.includes('Gallery of '))"
+        target = browser.evaluate(f"{link}.innerText")
+        click_at(browser, link)
+        followed = settle(browser, lambda s: s["images"] >= 6 and "Every image of this match" in s["text"])
+        url = browser.evaluate("location.href")
+    assert "identity + none" in first["text"] and "identity + jpeg" in after_state["text"]
+    conn = open_reader(small_db)
+    for text, defense in ((before, "none"), (after, "jpeg")):
+        (match,) = [m for m in views.gallery_matches(conn) if (m["restorer"], m["defense"]) == ("identity", defense)
+                    and m["eps"] == pytest.approx(4 / 255)]
+        image = views.gallery(conn, match["id"])[0]
+        assert any(f"restored, attacked: {image['adv_psnr']:.2f} dB" in c for c in text), text
+    assert before != after
+    system = target.split("Gallery of ", 1)[1].split(" at ")[0]
+    assert "/gallery?" in url and system in followed["text"]
+
+
+SLOW_TOURNAMENT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from arena.api import Attack
+from arena.plugins import load_registry
+from arena.run.driver import run_tournament
+from helpers import config, module_with
+
+
+class Slow(Attack):
+    "Sleeps, then leaves the input as it is (a slow tournament for the live test)."
+
+    name = "slow"
+    kind = "decision-free"
+
+    def perturb(self, target, lq, hq, budget, generator):
+        time.sleep(1.5)
+        return lq.clone()
+
+
+t = config(name="live", data={{"name": "embedded", "split": "test", "images": 1, "size": 16}},
+           restorers=["identity"], defenses=["none", "median", "bitdepth"], attacks=["slow"],
+           budgets=[{{"norm": "linf", "eps": f"{{k}}/255"}} for k in (1, 2, 4, 8)], samples_per_match=0)
+run_tournament(t, {db!r}, executor="local", progress=False, registry=load_registry(modules=(module_with(Slow),)))
+"""
+
+
+@pytest.mark.slow
+def test_runs_page_counts_grow_while_a_tournament_runs(chromium_binary, tmp_path):
+    """The dashboard starts before the database exists, then shows a slow tournament's counts
+    growing on the same page, without a reload."""
+    db = str(tmp_path / "live.db")
+    script = SLOW_TOURNAMENT.format(tests=str(Path(__file__).parent), db=db)
+    with dashboard_server(db, tmp_path) as url, chromium(chromium_binary) as browser:
+        waiting = browser.open(url + "/runs", lambda s: "No results yet" in s["text"])
+        log = open(tmp_path / "tournament.log", "w")
+        run = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        try:
+            seen, end = [], time.monotonic() + 240
+            while time.monotonic() < end and run.poll() is None:
+                counts = json.loads(browser.evaluate(METRICS) or "{}")
+                if counts.get("done") and (not seen or counts != seen[-1]):
+                    seen.append(counts)
+                if len({c["done"] for c in seen}) >= 2 and any(c["running"] != "0" for c in seen):
+                    break
+                time.sleep(0.5)
+            loads = browser.evaluate("performance.getEntriesByType('navigation').length")
+        finally:
+            _stop(run)
+            log.close()
+    assert "No results yet" in waiting["text"]
+    assert len({c["done"] for c in seen}) >= 2, (seen, (tmp_path / "tournament.log").read_text()[-2000:])
+    assert int(seen[-1]["done"]) > int(seen[0]["done"])  # grew on the same page
+    assert any(c["running"] != "0" for c in seen)
+    assert loads == 1  # one navigation: the counts changed in place
+
+
+def test_dashboard_command_starts_before_the_database_exists(tmp_path):
+    with dashboard_server(str(tmp_path / "none.db"), tmp_path) as url:
+        assert _get(f"{url}/_stcore/health") == b"ok"
+    assert not (tmp_path / "none.db").exists()  # waiting must not create it
+
+
+def test_dashboard_command_refuses_a_foreign_database(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "foreign.db"
+    sqlite3.connect(path).execute("create table x (y int)").connection.commit()
+    out = subprocess.run([sys.executable, "-m", "arena.cli", "dashboard", "--db", str(path),
                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
-    assert "does not exist" in out.stderr
+    assert "not a udc-arena database" in out.stderr
