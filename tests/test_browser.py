@@ -333,7 +333,8 @@ def test_runs_page_counts_grow_while_a_tournament_runs(chromium_binary, tmp_path
                 counts = json.loads(browser.evaluate(METRICS) or "{}")
                 if counts.get("done") and (not seen or counts != seen[-1]):
                     seen.append(counts)
-                if len({c["done"] for c in seen}) >= 2 and any(c["running"] != "0" for c in seen):
+                if (len({c["done"] for c in seen}) >= 2 and any(c["running"] != "0" for c in seen)
+                        and any(c["ETA"] != "—" for c in seen)):
                     break
                 time.sleep(0.5)
             loads = browser.evaluate("performance.getEntriesByType('navigation').length")
@@ -344,6 +345,8 @@ def test_runs_page_counts_grow_while_a_tournament_runs(chromium_binary, tmp_path
     assert len({c["done"] for c in seen}) >= 2, (seen, (tmp_path / "tournament.log").read_text()[-2000:])
     assert int(seen[-1]["done"]) > int(seen[0]["done"])  # grew on the same page
     assert any(c["running"] != "0" for c in seen)
+    assert {c["planned"] for c in seen} == {"12"}  # 3 defenses x 4 budgets, stored when planned
+    assert any(c["ETA"].endswith(" s") for c in seen)
     assert loads == 1  # one navigation: the counts changed in place
 
 

@@ -151,6 +151,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
                 if stored.get(m.key) is None or (rerun_failed and stored.get(m.key) == "failed")]
     matches += escalated
     report = RunReport(tid, len(matches))
+    write.set_planned(engine, tid, len(matches))  # the dashboard's total and ETA
     todo = []
     for m in pending:
         if m.status == "skipped":
@@ -229,6 +230,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
         if more:  # the standard suite's escalation: reruns through BPDA, then re-scored with the rest
             matches += more
             report.planned = len(matches)
+            write.set_planned(engine, tid, len(matches))
             bar.total += len(more)
             ex.run(more, data, hardened, on_result, on_start)
         bar.close()

@@ -2,8 +2,8 @@
 
 Read-only, no torch or Ray. "In flight" are the claims (arena/store/write.py) that drivers hold
 on matches not yet stored; a driver drops its claims when it leaves, so a tournament is running
-while any unexpired claim exists. The planned total is not stored: it is reported as what is
-stored plus what is in flight, a lower bound while a run goes on.
+while any unexpired claim exists. The planned total is what the driver stored when it planned the
+run (``tournaments.planned``, m006); with every tournament chosen, it is their sum.
 """
 
 from __future__ import annotations
@@ -29,11 +29,19 @@ def progress(engine: Engine, tournament_id: int | None = None) -> dict[str, Any]
     times = fetch(engine, scope(select(func.min(mt.c.started_at).label("first"),
                                        func.max(mt.c.finished_at).label("last")), tournament_id))[0]
     stored = sum(counts.values())
-    out = {"counts": counts, "stored": stored, "running": running, "first_started": times["first"],
-           "last_finished": times["last"], "now": time.time(), "rate_per_min": None}
+    tt = m.tournaments
+    totals = select(func.sum(tt.c.planned).label("planned"))
+    if tournament_id is not None:
+        totals = totals.where(tt.c.id == tournament_id)
+    planned = fetch(engine, totals)[0]["planned"]
+    out = {"counts": counts, "stored": stored, "running": running, "planned": planned,
+           "first_started": times["first"], "last_finished": times["last"], "now": time.time(),
+           "rate_per_min": None, "eta_s": None}
     if running and times["first"] and times["last"] and times["last"] > times["first"]:
         finished = stored - counts.get("skipped", 0)
         out["rate_per_min"] = 60 * finished / (times["last"] - times["first"])
+        if planned and out["rate_per_min"]:  # the rest at the rate so far
+            out["eta_s"] = max(0, planned - stored) / out["rate_per_min"] * 60
     return out
 
 

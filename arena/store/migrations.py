@@ -72,12 +72,19 @@ def m004_standard_protocol(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE matches ADD COLUMN {name} {sql_type}"))
 
 
+def m006_planned_total(conn: Connection) -> None:
+    """How many matches a tournament's last run planned, so that a dashboard can show progress."""
+    if "planned" not in {c["name"] for c in inspect(conn).get_columns("tournaments")}:
+        conn.execute(text("ALTER TABLE tournaments ADD COLUMN planned INTEGER"))
+
+
 def m008_claims(conn: Connection) -> None:
     """Match claims with a lease, so that drivers sharing one database split the work."""
     models.claims.create(conn, checkfirst=True)
 
 
-MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol, m008_claims]
+MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol, m006_planned_total,
+              m008_claims]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 

@@ -36,6 +36,7 @@ tournaments = Table(
     Column("data_hash", String(64)),
     Column("created_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True)),
+    Column("planned", Integer),  # m006: matches the last run planned (the Runs page's total and ETA)
 )
 
 entrants = Table(

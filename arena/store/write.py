@@ -52,6 +52,12 @@ def upsert_tournament(engine: Engine, *, config_hash: str, name: str, config: di
         ).inserted_primary_key[0]
 
 
+def set_planned(engine: Engine, tournament_id: int, planned: int) -> None:
+    """Record how many matches this run of the tournament plans (resumed ones included)."""
+    with engine.begin() as conn:
+        conn.execute(m.tournaments.update().where(m.tournaments.c.id == tournament_id).values(planned=planned))
+
+
 @once_more_on_conflict
 def record_entrants(engine: Engine, entrants: list[dict[str, Any]]) -> None:
     with engine.begin() as conn:

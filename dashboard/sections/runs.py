@@ -35,9 +35,9 @@ def progress():
     c = p["counts"]
     done, failed = c.get("done", 0), c.get("failed", 0) + c.get("disqualified", 0)
     st.subheader("Running now" if p["running"] else "Progress")
-    cols = st.columns(6)
-    cols[0].metric("planned (at least)", p["stored"] + p["running"],
-                   help="stored + in flight; matches not yet claimed by a driver are not known to the database")
+    cols = st.columns(7)
+    cols[0].metric("planned", p["planned"] if p["planned"] is not None else p["stored"] + p["running"],
+                   help="as the driver planned its last run (a database from before m006: stored + in flight)")
     cols[1].metric("done", done)
     cols[2].metric("running", p["running"], help="claimed by a driver and not yet stored")
     cols[3].metric("failed", failed, help="failed or disqualified")
@@ -45,6 +45,8 @@ def progress():
     rate = p["rate_per_min"]
     cols[5].metric("rate", f"{rate:.1f}/min" if rate else "—",
                    help="matches stored per minute since the first started, from the stored timings")
+    cols[6].metric("ETA", duration(p["eta_s"]) if p["eta_s"] is not None else "—",
+                   help="the matches still to store, at the rate so far")
     span = (p["last_finished"] - p["first_started"]) if p["first_started"] and p["last_finished"] else None
     st.caption(f"matches ran for {duration(span)}" + (f"; last result {duration(p['now'] - p['last_finished'])} ago"
                                                        if p["last_finished"] else "")
