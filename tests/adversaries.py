@@ -140,7 +140,7 @@ class HookModel(Attack):
 
     def perturb(self, target, lq, hq, budget, generator):
         model = target._system.model
-        if type(model) is TinyNet and not model._forward_hooks:
+        if isinstance(model, TinyNet) and not model._forward_hooks:
             model.register_forward_hook(_HalfOutput())
         return lq.clone()
 
@@ -170,7 +170,7 @@ class GcCleanCache(Attack):
     def perturb(self, target, lq, hq, budget, generator):
         from arena.match import Clean
 
-        if type(target._system.model) is VictimNet:
+        if isinstance(target._system.model, VictimNet):
             clean_out = target.clean_out
             for obj in gc.get_objects():
                 if type(obj) is Clean and obj.out.shape == clean_out.shape and torch.equal(obj.out, clean_out):

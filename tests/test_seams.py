@@ -130,7 +130,7 @@ def test_a_hardening_that_raises_or_hangs_fails_only_its_own_matches(tmp_path):
 
 
 def test_unknown_dataset_is_one_line_before_any_database(tmp_path):
-    with pytest.raises(ConfigError, match=r"'data.name'.*must be one of embedded, discnet, poled, toled"):
+    with pytest.raises(ConfigError, match=r"'data.name'.*must be one of embedded, embedded-full, discnet, poled, toled"):
         config(data={"name": "nope", "images": 2, "size": 16})
     cfg = tmp_path / "t.toml"
     cfg.write_text('[data]\nname = "nope"\n[[restorers]]\nname = "tiny"\n[[attacks]]\nname = "fgsm"\n')
@@ -158,7 +158,7 @@ def test_the_cli_prints_one_line_for_a_data_error(tmp_path):
                                     "--out", str(tmp_path)])
     assert res.exit_code == 1, res.output
     assert res.output.strip().splitlines() == [
-        "Error: unknown dataset 'nope'; choose from ['embedded', 'discnet', 'poled', 'toled']"]
+        "Error: unknown dataset 'nope'; choose from ['embedded', 'embedded-full', 'discnet', 'poled', 'toled']"]
 
 
 def test_the_user_facing_errors_share_one_base():
