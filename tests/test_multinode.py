@@ -155,6 +155,12 @@ def test_hardened_weights_built_on_one_node_are_used_on_the_other(cluster, tmp_p
     # other's copy arrived through the object store
     for node in ("head", "worker", "driver"):
         assert len(list((cluster.caches[node] / "hardened").glob("advtrain-tiny-*.safetensors"))) == 1, node
+    # the same tournament in one process, from the driver's copy of the weights: the same leaderboard
+    alone = tmp_path / "alone.db"
+    res = subprocess.run([ARENA, "run", str(cluster.root / "harden.toml"), "--executor", "local", "--db", str(alone),
+                          "--quiet"], env=env_for(cluster.caches["driver"]), capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert leaderboard(alone) == leaderboard(db) != []
 
 
 def test_two_drivers_on_one_cluster_and_one_database_both_finish_and_split_the_work(cluster, tmp_path):
