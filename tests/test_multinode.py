@@ -96,7 +96,9 @@ class TwoNodes:
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
     def add_worker(self, base: int) -> None:
-        self._start("worker", [f"--address=127.0.0.1:{self.port}",
+        # its own loopback address: a driver on this machine attaches to the head's raylet (the
+        # one at the machine's address), never to the worker node's, as off a real second host
+        self._start("worker", [f"--address=127.0.0.1:{self.port}", "--node-ip-address=127.0.0.2",
                                f"--min-worker-port={base}", f"--max-worker-port={base + 300}"])
 
     def kill_worker(self) -> None:
