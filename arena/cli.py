@@ -107,7 +107,7 @@ LEADERBOARD_KEYS = ["threat", "norm", "eps", "restorer", "defense", "rank", "sta
                     "worst_attack", "n_images", "n_attacks", "n_seeds", "robust_psnr_seed_mean",
                     "robust_psnr_seed_std", "planned", "done", "pending", "failed", "disqualified",
                     "skipped", "attack_blamed", "not_converged", "escalated", "lower_bound", "defense_ms_per_mp",
-                    "peak_mem_mb", "flags"]
+                    "attack_ms_per_mp", "peak_mem_mb", "flags"]
 FORMAT = click.Choice(["table", "json", "csv"])
 
 

@@ -104,7 +104,7 @@ def failed_result(match: Match, reason: str, attempts: int = 1, error: str | Non
             "error": strip_ansi(error or reason),
             "scores": [], "samples": [], "timings": {}, "trace": [], "start_grad": None,
             "gradient_calls": 0, "peak_mem_mb": None, "device": None,
-            "defense_ms_per_mp": None, "attempts": attempts}
+            "defense_ms_per_mp": None, "attack_ms_per_mp": None, "attempts": attempts}
 
 
 def generator(seed: int) -> torch.Generator:
@@ -340,8 +340,6 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
     its adversarial batch is verified and scored here instead of attacking again."""
     device = clean.out.device
     lq, hq = data.lq.to(device), data.hq.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     scene = None
     if is_scene(match.threat):
         if not data.has_scenes:
@@ -444,8 +442,6 @@ def _score(match: Match, system: System, data: UDCData, clean: Clean, lq, hq, sa
     outcome.timings["eval"] = time.perf_counter() - t1
     outcome.scores = score_rows(data.ids, clean, drawn, x_adv, lq, queries)
     outcome.samples = sample_rows(data.ids, match, samples, lq, x_adv, clean.out, adv_out, hq, shown)
-    if device.type == "cuda":
-        outcome.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return outcome
 
 

@@ -17,6 +17,7 @@ import torch
 from arena.data import UDCData, data_hash
 from arena.defaults import default_device
 from arena.match import Clean, Outcome, Watch, clean_pass, evaluate, probe, rescore
+from arena.memory import PeakMemory
 from arena.plan import Match, Spec
 from arena.plugins import load_registry
 from arena.run.harden import hardened_key, hardening_link, materialise
@@ -155,11 +156,13 @@ class Worker:
             match = Match(**match)
         started = time.time()
         t0 = time.perf_counter()
-        outcome = self._run(match, given)
+        with PeakMemory(self.device) as peak:
+            outcome = self._run(match, given)
         outcome.timings["total"] = time.perf_counter() - t0
+        outcome.peak_mem_mb = peak.mb
         return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
-                "defense_ms_per_mp": self._clean_cost(match), "started_at": started,
-                "finished_at": time.time()}
+                "defense_ms_per_mp": self._clean_cost(match), "attack_ms_per_mp": self._attack_cost(outcome),
+                "started_at": started, "finished_at": time.time()}
 
     def _run(self, match: Match, given: dict[str, Any] | None = None) -> Outcome:
         """The match in stages, each failure blamed on whoever owns the stage."""
@@ -194,6 +197,15 @@ class Worker:
             return _failed("infra", exc)
         outcome.probes = checks
         return outcome
+
+    def _attack_cost(self, outcome: Outcome) -> float | None:
+        """The attack's own milliseconds per megapixel of the match's images (None when the
+        batch was another match's: nothing was attacked here)."""
+        seconds = outcome.timings.get("attack")
+        if (outcome.protocol or {}).get("computed_in") or seconds is None or outcome.status != "done":
+            return None
+        n, _, h, w = self.data.lq.shape
+        return 1000 * seconds / (n * h * w / 1e6)
 
     def _clean_cost(self, match: Match) -> float | None:
         c = self._clean.get(self._clean_key(match))

@@ -83,8 +83,14 @@ def m008_claims(conn: Connection) -> None:
     models.claims.create(conn, checkfirst=True)
 
 
+def m012_attack_cost(conn: Connection) -> None:
+    """The attack's time per megapixel, beside the defense's, so that costs compare across sizes."""
+    if "attack_ms_per_mp" not in {c["name"] for c in inspect(conn).get_columns("matches")}:
+        conn.execute(text("ALTER TABLE matches ADD COLUMN attack_ms_per_mp FLOAT"))
+
+
 MIGRATIONS = [m001_initial, m002_match_placement, m003_enforcement, m004_standard_protocol, m006_planned_total,
-              m008_claims]
+              m008_claims, m012_attack_cost]
 KNOWN = [m.__name__ for m in MIGRATIONS]
 
 

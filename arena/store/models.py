@@ -105,6 +105,7 @@ matches = Table(
     Column("moved_db", Float),  # the best loss's rise over the last quarter of the attack, in dB
     Column("converged", Boolean),  # moved_db <= arena.match.NOT_CONVERGED_DB (NULL: not iterative)
     Column("protocol", JSON),  # the EOT rule's measurement (count, cosine, reference draws)
+    Column("attack_ms_per_mp", Float),  # m012: the attack's own time per megapixel (NULL: reused)
     Index("ix_matches_group", "threat", "norm", "eps", "restorer", "defense"),
 )
 

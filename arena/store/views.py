@@ -13,6 +13,7 @@ filter therefore changes the worst case, not just which rows are shown.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from typing import Any, Iterable
 
@@ -59,15 +60,29 @@ def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple,
     return out
 
 
+COSTS = ("defense_ms_per_mp", "attack_ms_per_mp")
+
+
 def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
+    """Per system and budget, over its done matches: the median defense and attack time per
+    megapixel (each timed warm, so a median is not moved by the first match's start-up) and
+    the largest peak memory."""
     mt = m.matches
-    stmt = select(
-        *(mt.c[g] for g in GROUP),
-        func.avg(mt.c.defense_ms_per_mp).label("defense_ms_per_mp"),
-        func.max(mt.c.peak_mem_mb).label("peak_mem_mb"),
-    )
-    stmt = scope(stmt, tournament_id).where(mt.c.status == "done").group_by(*(mt.c[g] for g in GROUP))
-    return fetch(engine, stmt)
+    stmt = scope(select(*(mt.c[g] for g in GROUP), *(mt.c[c] for c in COSTS), mt.c.peak_mem_mb),
+                 tournament_id).where(mt.c.status == "done")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in fetch(engine, stmt):
+        groups.setdefault(_key(r), []).append(r)
+    out = []
+    for k, rows in groups.items():
+        row = dict(zip(GROUP, k))
+        for c in COSTS:
+            values = [r[c] for r in rows if r[c] is not None]
+            row[c] = statistics.median(values) if values else None
+        peaks = [r["peak_mem_mb"] for r in rows if r["peak_mem_mb"] is not None]
+        row["peak_mem_mb"] = max(peaks) if peaks else None
+        out.append(row)
+    return out
 
 
 def _key(row: dict[str, Any], names: Iterable[str] = GROUP) -> tuple:
@@ -247,8 +262,8 @@ def leaderboard(engine: Engine, tournament_id: int | None = None, *, threat: str
         r["drop_psnr"] = r["clean_psnr"] - r["robust_psnr"] if scored else None
         r["drop_ssim"] = r["clean_ssim"] - r["robust_ssim"] if scored else None
         r["worst_attack"] = worst.get(k, {}).get("attack")
-        r["defense_ms_per_mp"] = costs.get(k, {}).get("defense_ms_per_mp")
-        r["peak_mem_mb"] = costs.get(k, {}).get("peak_mem_mb")
+        for c in (*COSTS, "peak_mem_mb"):
+            r[c] = costs.get(k, {}).get(c)
         r["flags"] = "; ".join(flagged.get(k, []))
         r.update({"robust_psnr_seed_mean": None, "robust_psnr_seed_std": None, **spread.get(k, {})})
         r.update(standing[k])
