@@ -477,7 +477,8 @@ def data_check(fmt, root):
 @click.option("--out", default=".", show_default=True, help="folder for <restorer>.safetensors and .json")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=64, show_default=True, help="training sample and test image side")
-@click.option("--crop", type=int, default=None, help="random crop side (default: size)")
+@click.option("--crop", type=int, default=None,
+              help="random crop side (default: size; larger with --synth-share 1, up to 258 at size 64)")
 @click.option("--batch", default=8, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--data", default="embedded", show_default=True)
@@ -487,6 +488,13 @@ def data_check(fmt, root):
               help="share of each batch resynthesised from the training scenes")
 @click.option("--procedural", default=0.0, show_default=True,
               help="share of the resynthesised pairs drawn from dead-leaves scenes")
+@click.option("--scenes", type=click.Choice(["train", "train+extra"]), default="train+extra",
+              show_default=True, help="embedded training photographs: the train split's, or with "
+              "the extra ones installed packages ship")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
+              show_default=True, help="autocast precision (auto: bf16 or fp16 on CUDA, off on CPU)")
+@click.option("--time-limit", type=float, default=None,
+              help="seconds of training after which the run stops early (a safety net)")
 @click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
 @click.option("--threads", type=int, default=None)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",

@@ -2,8 +2,13 @@
 
 The recipe is the one image-restoration papers share: L1 loss in the tone-mapped domain, AdamW
 with a linear warm-up then cosine decay, random crops and dihedral augmentation, and the
-checkpoint with the best PSNR on a held-out part of the training split. Checkpoints are
-safetensors plus JSON (never pickle), so an interrupted run resumes where it stopped.
+checkpoint with the best PSNR on held-out training scenes: on the embedded benchmark two
+photographs that neither training nor the test split uses (its "val" split), elsewhere crops
+held out of the training split. The test split is scored once, at the end, for the manifest;
+it chooses nothing. Checkpoints are safetensors plus JSON (never pickle), so an interrupted run
+resumes where it stopped. The same command runs on a GPU: the training pairs live on the
+device, fresh pairs are rendered there in batches, and the forward pass runs under autocast
+(bf16, or fp16 with a gradient scaler, where the device has it; off on the CPU).
 The training pairs come from :mod:`arena.data.augment`, the scores from :mod:`arena.zoo`.
 
 ``arena train unet --steps 3000 --out plugins/restorers/weights``
@@ -26,15 +31,31 @@ from tqdm import tqdm
 
 from arena.api import ConfigError, Restorer, run_restorer
 from arena.data import load_data
-from arena.data.augment import (Resynthesis, make_batch, psf_invariant_rot180, split_validation,
-                                training_data)
+from arena.data.augment import (SCENES, Resynthesis, ScenePool, concat, make_batch,
+                                psf_invariant_rot180,
+                                split_validation, training_data, validation_data)
 from arena.data.embedded import PHOTONS, READ_NOISE
 from arena.defaults import cache_dir, default_device
 from arena.plugins import Registry, load_registry
 from arena.weights import load_state, read_manifest, save_weights
 from arena.zoo import check_psf, score
 
-VAL_IMAGES = 64  # held out of the training split for checkpoint selection
+VAL_IMAGES = 64  # held out of the training split for checkpoint selection (datasets without "val")
+AMP = ("auto", "off", "bf16", "fp16")
+
+
+def amp_dtype(amp: str, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``dev`` (None: full precision). ``auto`` is bf16 on a
+    CUDA device that has it, fp16 on one that does not, off elsewhere."""
+    if amp not in AMP:
+        raise ConfigError(f"amp must be one of {list(AMP)}, got {amp!r}")
+    if amp == "auto":
+        if dev.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and dev.type != "cuda":
+        raise ConfigError("amp fp16 needs a CUDA device (the CPU's autocast is bf16)")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -70,6 +91,7 @@ class Checkpoint:
 
     def save(self, step: int, model, opt, best: dict[str, torch.Tensor], gen: torch.Generator,
              info: dict[str, Any]) -> None:
+        """``info`` (JSON) holds the run's config, validation curve and gradient scaler."""
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"best.{k}": v for k, v in best.items()})
         opt_tensors, groups = _optimizer_tensors(opt)
@@ -102,24 +124,40 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
                    crop: int | None = None, data_seeds: int = 4, warmup: int | None = None,
                    weight_decay: float = 1e-4, val_every: int | None = None,
                    synth_share: float = 0.5, procedural: float = 0.0, threads: int | None = None,
-                   work_dir: str | Path | None = None,
+                   work_dir: str | Path | None = None, scenes: str = "train+extra",
+                   amp: str = "auto", time_limit: float | None = None,
                    registry: Registry | None = None) -> Path:
     """Train restorer ``name`` for ``steps`` steps and write ``out_dir/<name>.safetensors``.
 
+    ``size`` is the side of the stored pairs and of the validation and test images; ``crop``
+    the side of the training crops (larger than ``size`` only when the whole batch is fresh,
+    ``synth_share=1``, drawn from the embedded photographs). ``scenes`` is the embedded
+    benchmark's pool of training photographs (``arena.data.augment.SCENES``). The fresh share
+    of each batch is cut from those photographs (``ScenePool``), or re-degraded from stored
+    pairs (``Resynthesis``: other datasets, or with a ``procedural`` share).
+
     The manifest beside the weights records the config, seed, data version and hashes, steps,
-    wall time, device, and mean clean PSNR/SSIM (and the input's) on the test split at ``size``.
+    wall time, device, the validation curve, and mean clean PSNR/SSIM (and the input's) on the
+    test split at ``size``. ``time_limit`` (seconds of training) is a safety net for a machine
+    whose speed was not measured: the run then stops early, validates, and says so.
     """
     if steps < 1:
         raise ConfigError(f"steps must be positive, got {steps}")
     for key, share in (("synth_share", synth_share), ("procedural", procedural)):
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{key} is a share of a batch, in [0, 1]; got {share}")
+    if scenes not in SCENES:
+        raise ConfigError(f"scenes must be one of {list(SCENES)}, got {scenes!r}")
+    crop = crop or size
+    if crop > size and (synth_share < 1.0 or data != "embedded" or procedural > 0):
+        raise ConfigError(f"crop {crop} > size {size} needs every pair fresh from the embedded "
+                          "photographs (synth_share=1, procedural=0)")
     if threads:
         torch.set_num_threads(threads)
     registry = registry or load_registry()
     restorer: Restorer = registry.create("restorer", name, params)
     dev = default_device(device)
-    crop = crop or size
+    autocast = amp_dtype(amp, dev)
     warmup = warmup if warmup is not None else max(1, min(500, steps // 20))
     val_every = val_every or max(10, min(250, steps // 20))
     config = {
@@ -128,49 +166,74 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
         "data": data, "data_root": data_root, "data_seeds": data_seeds, "warmup": warmup,
         "weight_decay": weight_decay, "val_every": val_every, "loss": "l1",
         "synth_share": synth_share, "procedural": procedural,
+        "scenes": scenes if data == "embedded" else None, "amp": amp,
     }
 
-    parts = training_data(data, size, data_seeds, data_root)
-    train, val = split_validation(parts, VAL_IMAGES, seed)
+    parts = training_data(data, size, data_seeds, data_root, scenes)
+    val = validation_data(data, size)
+    train = concat(parts) if val is not None else None
+    if val is None:
+        train, val = split_validation(parts, VAL_IMAGES, seed)
     check_psf(restorer, train)
     needs_psf = restorer.needs_psf
     # PSF-conditioned restorers only get augmentations that keep the kernel code true.
     dihedral, rot180 = (False, psf_invariant_rot180(train)) if needs_psf else (True, False)
-    synth = Resynthesis(train, procedural) if synth_share > 0 and train.psf is not None else None
+    synth = None
+    if synth_share > 0 and train.psf is not None:
+        synth = (ScenePool(SCENES[scenes], size, train, dev)
+                 if data == "embedded" and procedural == 0 else Resynthesis(train, procedural, dev))
+        if crop > size:
+            synth.check_crop(crop)
+    for key in ("lq", "hq"):  # the stored pairs live on the device (their hash is already taken)
+        setattr(train, key, getattr(train, key).to(dev))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes; GPU runs are not bitwise repeatable
 
     torch.manual_seed(seed)
     model = restorer.build().to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay,
+                            fused=dev.type == "cuda")  # one kernel per step, not one per tensor
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     gen = torch.Generator().manual_seed(seed)
+    scaler = torch.amp.GradScaler(dev.type, enabled=autocast is torch.float16)
 
     work = Path(work_dir) if work_dir else default_work_dir(name, config)
     ckpt = Checkpoint(work)
-    start, best, best_val, best_step, elapsed = 0, {}, -math.inf, 0, 0.0
+    start, best, best_val, best_step, elapsed, curve = 0, {}, -math.inf, 0, 0.0, []
     if resume and ckpt.path.exists():
         start, best, info = ckpt.load(model, opt, gen)
         best_val, best_step, elapsed = info["best_val_psnr"], info["best_step"], info["wall_time_s"]
+        curve = info["val_curve"]
+        if info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup),
                                                   last_epoch=start - 1)
 
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {name}",
                disable=not progress, dynamic_ncols=True)
-    loss_ema = None
+    loss_ema, stopped = None, None
     for step in bar:
         lq, hq, code = make_batch(train, batch, crop, gen, dihedral, rot180, synth, synth_share)
-        loss = F.l1_loss(run_restorer(model, lq.to(dev), code, needs_psf), hq.to(dev))
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+            out = run_restorer(model, lq.to(dev), code, needs_psf)
+        loss = F.l1_loss(out.float(), hq.to(dev))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         value = loss.item()
         loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
 
         done = step + 1
-        if done % val_every == 0 or done == steps:
+        if time_limit and time.perf_counter() - t0 > time_limit and done < steps:
+            stopped = done
+        if done % val_every == 0 or done == steps or stopped:
             v = score(model, val, needs_psf, dev)["psnr"]
+            curve.append([done, round(v, 4)])
             if v > best_val:
                 best_val, best_step = v, done
                 best = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
@@ -178,8 +241,11 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
                             best=f"{best_val:.2f}@{best_step}")
             ckpt.save(done, model, opt, best, gen, {
                 "config": config, "best_val_psnr": best_val, "best_step": best_step,
-                "wall_time_s": time.perf_counter() - t0,
+                "wall_time_s": time.perf_counter() - t0, "val_curve": curve,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             })
+        if stopped:
+            break
     bar.close()
     wall = time.perf_counter() - t0
 
@@ -187,16 +253,23 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     test = load_data(data, "test", root=data_root, size=size, seed=0)
     result = score(model, test, needs_psf, dev)
     manifest = {
-        "restorer": name, "config": config, "seed": seed, "steps": steps,
+        "restorer": name, "config": config, "seed": seed, "steps": stopped or steps,
+        "stopped_early": None if stopped is None else {"at": stopped, "time_limit_s": time_limit},
         "wall_time_s": round(wall, 1), "device": _device_name(dev), "torch": torch.__version__,
         "params": sum(p.numel() for p in model.parameters()),
         "data_version": test.version, "data_hash": test.hash,
         "train_data_hashes": [p.hash for p in parts],
-        "val": {"images": len(val), "best_psnr": best_val, "best_step": best_step},
+        "val": {"split": "val" if data == "embedded" else "held-out training crops",
+                "photos": sorted({i.split("-c")[0] for i in val.ids}) if data == "embedded"
+                else None, "images": len(val), "best_psnr": best_val, "best_step": best_step,
+                "curve": curve},
+        "scenes": None if data != "embedded" else {
+            "pool": scenes, "photos": sorted({i.split("-c")[0] for i in train.ids})},
+        "amp": None if autocast is None else str(autocast).removeprefix("torch."),
         "augment": "dihedral" if dihedral else ("rot180" if rot180 else "none"),
         "resynthesis": None if synth is None else {
-            "share": synth_share, "exposure": Resynthesis.GAIN, "white_balance": Resynthesis.WHITE,
-            "photons": PHOTONS, "read_noise": READ_NOISE, "psfs": len(synth.bank),
+            "source": type(synth).__name__, "share": synth_share, "exposure": Resynthesis.GAIN, "white_balance": Resynthesis.WHITE,
+            "photons": PHOTONS, "read_noise": READ_NOISE, "psfs": len(synth.codes),
             "procedural": procedural},
         "test": {"split": "test", "size": size, "seed": 0, "dataset": data},
         "clean_psnr": result["psnr"], "clean_ssim": result["ssim"],

@@ -5,6 +5,11 @@ to stand in for lamps and sun glints, which is what makes UDC flare visible), th
 with scene context around the crop, degraded by one of the display PSFs with sensor noise and
 saturation, and tone-mapped. Train and test use disjoint photographs and the same PSFs.
 
+Training may draw on more photographs than the train split's nine, never touching the test
+split: "extra" adds scenes that other installed packages ship (scikit-learn's and PyWavelets'
+where installed, the `scenes` extra), and "val" holds out two further photographs for choosing
+checkpoints, so that the test split is read only to report.
+
 Every sample draws its randomness from its own SeedSequence (seed, split, photo, crop, PSF
 slot), so a sample does not depend on how many others are generated, and the same seed gives
 byte-identical tensors.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -55,7 +61,36 @@ def _rgb(fn: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
     return load
 
 
-# Photographs by split; no photograph (or view of the same scene) is in both.
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image  # the `scenes` extra
+
+        return load_sample_image(name)
+    return load
+
+
+def _pywt(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import pywt.data  # the `scenes` extra
+
+        return getattr(pywt.data, name)()
+    return load
+
+
+def _matplotlib(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from matplotlib import cbook
+        from PIL import Image
+
+        with cbook.get_sample_data(name) as f:
+            return np.asarray(Image.open(f).convert("RGB"))
+    return load
+
+
+# Photographs by split; no photograph (or view of the same scene) is in two. "extra" and "val"
+# are for training only (their photographs are the ones these packages ship that are photographs:
+# not skimage's drawings, text pages, silhouettes, motion-blurred clock or second motorcycle view,
+# nor matplotlib's icons and elevation maps).
 PHOTOS: dict[str, dict[str, Callable[[], np.ndarray]]] = {
     "train": {
         "astronaut": _rgb(skimage.data.astronaut),
@@ -73,9 +108,30 @@ PHOTOS: dict[str, dict[str, Callable[[], np.ndarray]]] = {
         "rocket": _rgb(skimage.data.rocket),
         "hubble": _rgb(skimage.data.hubble_deep_field),
     },
+    "extra": {
+        "china": _rgb(_sklearn("china.jpg")),
+        "flower": _rgb(_sklearn("flower.jpg")),
+        "gravel": _rgb(skimage.data.gravel),
+        "aero": _rgb(_pywt("aero")),
+        "ascent": _rgb(_pywt("ascent")),
+    },
+    "val": {
+        "grace_hopper": _rgb(_matplotlib("grace_hopper.jpg")),
+        "brick": _rgb(skimage.data.brick),
+    },
 }
-CROPS_PER_PAIR = {"train": 9, "test": 3}  # crops per (photo, PSF): 729 train, 81 test samples
-_SPLIT_IDS = {"train": 1, "test": 2}
+#: Photographs whose package is an optional extra: a split goes on without them where it is
+#: missing (sample ids and seeds of the others do not move).
+OPTIONAL = {"china": "sklearn", "flower": "sklearn", "aero": "pywt", "ascent": "pywt"}
+# crops per (photo, PSF): 729 train, 81 test, up to 405 extra and 72 val samples
+CROPS_PER_PAIR = {"train": 9, "test": 3, "extra": 9, "val": 4}
+_SPLIT_IDS = {"train": 1, "test": 2, "extra": 3, "val": 4}
+
+
+def available_photos(split: str) -> list[str]:
+    """The split's photographs that can be loaded here (all but optional ones not installed)."""
+    return [name for name in PHOTOS[split]
+            if name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name]) is not None]
 
 
 @dataclass(frozen=True)
@@ -96,11 +152,13 @@ def sample_plan(split: str, n_psf: int) -> list[Sample]:
     layouts (the PSF bank is ordered layout-fastest).
     """
     photos = list(PHOTOS[split])
+    here = set(available_photos(split))
     out = []
     for c in range(CROPS_PER_PAIR[split]):
         for m in range(n_psf):
             for p, name in enumerate(photos):
-                out.append(Sample(len(out), name, p, c, m, (m + p) % n_psf))
+                if name in here:  # p stays the photo's place in the full list, its seed
+                    out.append(Sample(len(out), name, p, c, m, (m + p) % n_psf))
     return out
 
 
@@ -177,7 +235,7 @@ SCENE_KEYS = ("scene", "noise", "photons", "read_noise")
 def generate(split: str, size: int, seed: int) -> dict[str, np.ndarray]:
     """All arrays of one split, as stored in the cache."""
     if split not in PHOTOS:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise ValueError(f"unknown split {split!r}; choose from {list(PHOTOS)}")
     if size < 8:
         raise ValueError(f"size must be at least 8, got {size}")
     bank, psf_names = psf_bank(PSF_SIZE)
@@ -293,6 +351,8 @@ def check_embedded() -> list[str]:
     problems = []
     for split, photos in PHOTOS.items():
         for name, load in photos.items():
+            if name not in available_photos(split):
+                continue  # an optional extra's photograph, not installed: not a problem
             try:
                 im = load()
                 if im.ndim != 3 or im.shape[-1] != 3:
@@ -302,4 +362,4 @@ def check_embedded() -> list[str]:
     return problems
 
 
-__all__ = ["VERSION", "load_embedded", "generate", "sample_plan", "cache_path", "check_embedded"]
+__all__ = ["VERSION", "available_photos", "load_embedded", "generate", "sample_plan", "cache_path", "check_embedded"]
