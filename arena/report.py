@@ -30,11 +30,13 @@ ATTACKS = [("rank", "rank", "{}"), ("attack", "attack", "{}"), ("attack_kind", "
 
 
 def write_report(db: str | Path, out_dir: str | Path = "arena-report",
-                 tournament_id: int | None = None) -> list[Path]:
+                 tournament_id: int | None = None, floor_in_scale: bool = False) -> list[Path]:
     """Write ``leaderboard.md`` and its PNG figures into ``out_dir``; return the paths written.
 
     ``tournament_id`` picks the tournament (default: the most recently run one), as the
-    dashboard does; its resumed matches count too.
+    dashboard does; its resumed matches count too. The heat maps' one colour scale leaves out
+    the noise floor (decision-free attacks) and the clean row unless ``floor_in_scale``: they
+    barely lower the PSNR and would take the top of the scale (their cells are clamped).
     """
     import matplotlib
 
@@ -46,7 +48,7 @@ def write_report(db: str | Path, out_dir: str | Path = "arena-report",
     rows = views.leaderboard(engine, tid)
     figures = []
     if rows:
-        figures.append(_heatmaps(engine, tid, rows, out / "heatmap.png"))
+        figures.append(_heatmaps(engine, tid, rows, out / "heatmap.png", floor_in_scale))
         for norm in sorted({r["norm"] for r in rows}):
             figures.append(_curves(engine, tid, norm, out / f"eps_curves_{norm}.png"))
     sheet = _gallery_sheet(engine, tid, rows, db, out / "gallery.png")
@@ -145,26 +147,38 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _heatmaps(engine, tid, rows, path: Path) -> Path:
+def _heatmaps(engine, tid, rows, path: Path, floor_in_scale: bool = False) -> Path:
     import matplotlib.pyplot as plt
 
     budgets = list(_by_budget(rows))
     restorers = sorted({r["restorer"] for r in rows})
     fig, axes = plt.subplots(len(budgets), len(restorers), squeeze=False,
-                             figsize=(4.2 * len(restorers), 3.0 * len(budgets)))
+                             figsize=(4.2 * len(restorers), 3.4 * len(budgets)))
     panels = {(b, restorer): views.matrix(engine, tid, restorer=restorer, threat=b[0], norm=b[1], eps=b[2])
               for b in budgets for restorer in restorers}
-    values = [c["robust_psnr"] for cells in panels.values() for c in cells if c["robust_psnr"] is not None]
-    scale = (min(values), max(values)) if values else (0.0, 1.0)  # one colour scale for every panel
+    noise = {a["attack"] for a in views.attack_ranking(engine, tid) if a["attack_kind"] == "decision-free"}
+    scale = heatmap_scale([c for cells in panels.values() for c in cells],
+                          set() if floor_in_scale else noise, clean_in=floor_in_scale)
     image = None
     for b, ax_row in zip(budgets, axes):
         for restorer, ax in zip(restorers, ax_row):
             title = f"{restorer} | {_budget_title({'threat': b[0], 'norm': b[1], 'eps': b[2]})}"
             image = _heatmap(ax, panels[(b, restorer)], title, scale) or image
     if image is not None:
-        fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="robust PSNR (dB)")
-    fig.suptitle("Robust PSNR (dB), attack × defense (ALL: worst case over attacks); one colour scale")
+        fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="robust PSNR (dB)",
+                     extend="neither" if floor_in_scale else "both")
+    fig.suptitle("Robust PSNR (dB), attack × defense (clean: no attack; ALL: worst case over attacks); one colour "
+                 "scale" + ("" if floor_in_scale else ", without the noise floor and the clean row (clamped)"))
     return _save(fig, path)
+
+
+def heatmap_scale(cells, left_out: set[str], clean_in: bool) -> tuple[float, float]:
+    """One colour scale for every panel: the attacks' cells (and the clean PSNR if ``clean_in``)
+    except those of ``left_out``; all of them if nothing else is left."""
+    attacked = [c["robust_psnr"] for c in cells if c["robust_psnr"] is not None and c["attack"] not in left_out]
+    clean = [c["clean_psnr"] for c in cells if c["clean_psnr"] is not None] if clean_in else []
+    values = attacked + clean or [c["robust_psnr"] for c in cells if c["robust_psnr"] is not None]
+    return (min(values), max(values)) if values else (0.0, 1.0)
 
 
 def _heatmap(ax, cells, title: str, scale: tuple[float, float]):
@@ -174,12 +188,18 @@ def _heatmap(ax, cells, title: str, scale: tuple[float, float]):
     if not cells:
         ax.axis("off")
         return None
-    attacks = sorted({c["attack"] for c in cells} - {"ALL"}) + ["ALL"]
+    attacks = ["clean", *sorted({c["attack"] for c in cells} - {"ALL"}), "ALL"]
     defenses = _defense_order(c["defense"] for c in cells)
     grid = np.full((len(attacks), len(defenses)), np.nan)
+    clean: dict[str, list[float]] = {}
     for c in cells:
         grid[attacks.index(c["attack"]), defenses.index(c["defense"])] = c["robust_psnr"]
+        if c["clean_psnr"] is not None:
+            clean.setdefault(c["defense"], []).append(c["clean_psnr"])
+    for d, values in clean.items():  # the defended system on clean input, above the attacks
+        grid[0, defenses.index(d)] = sum(values) / len(values)
     im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=scale[0], vmax=scale[1])
+    ax.axhline(0.5, color="white", lw=2)  # the clean row is no attack
     ax.set_xticks(range(len(defenses)), defenses, fontsize=7, rotation=20)
     ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
     middle = sum(scale) / 2

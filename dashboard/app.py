@@ -8,7 +8,10 @@ the database through ``common``, read-only.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -34,24 +37,64 @@ pages = [
     st.Page(HERE / "sections" / "gallery.py", title="Gallery", icon=":material/photo_library:"),
     st.Page(HERE / "sections" / "runs.py", title="Runs", icon=":material/history:"),
 ]
-db = common.db_url()
-waiting = sqlite_path(db)
-if waiting is not None and not waiting.exists():  # started before the first result: wait for it
-    st.navigation(pages, position="hidden")  # the address keeps its page (/runs) for when results come
+
+
+def wait(message: str) -> None:
+    """Say ``message`` and look again every two seconds (the address keeps its page, /runs)."""
+    st.navigation(pages, position="hidden")
     st.title("udc-arena")
-    st.info(f"No results yet: the database {str(waiting)!r} does not exist. This page opens the results "
-            "as soon as a tournament writes them (`arena run configs/default.toml --db FILE`).")
+    st.info(message)
 
     @st.fragment(run_every=2)
-    def wait_for_results():
-        if waiting.exists():
+    def look_again():
+        if ready():
             st.rerun()
 
-    wait_for_results()
+    look_again()
     st.stop()
+
+
+db = common.db_url()
+waiting = sqlite_path(db)
+
+
+def ready() -> bool:
+    """The database can be opened (or is not an SQLite file we can watch for)."""
+    if waiting is None:
+        return True
+    if not waiting.exists():
+        return False
+    try:
+        common.engine(db)
+        return True
+    except (DatabaseError, SchemaError, SQLAlchemyError):
+        return not just_created()
+
+
+def just_created() -> bool:
+    """A driver created the file moments ago and is still writing its schema: young, and no
+    table visible yet (a foreign file has tables, and gets its error at once)."""
+    try:
+        if time.time() - waiting.stat().st_mtime >= CREATING_S:
+            return False
+        with contextlib.closing(sqlite3.connect(f"{waiting.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return conn.execute("select count(*) from sqlite_master").fetchone()[0] == 0
+    except sqlite3.OperationalError:  # locked by the writer's first transaction
+        return True
+    except (OSError, sqlite3.DatabaseError):
+        return False
+
+
+#: seconds a new SQLite file may take to get its schema before its errors are shown
+CREATING_S = 30
+if waiting is not None and not waiting.exists():  # started before the first result: wait for it
+    wait(f"No results yet: the database {str(waiting)!r} does not exist. This page opens the results "
+         "as soon as a tournament writes them (`arena run configs/default.toml --db FILE`).")
 try:
     common.engine(db)
 except (DatabaseError, SchemaError, SQLAlchemyError) as exc:
+    if waiting is not None and just_created():
+        wait(f"No results yet: the database {str(waiting)!r} is being created.")
     st.title("udc-arena")
     st.error(f"Cannot open the results database {db!r}: {exc}")
     st.info("Run a tournament first (`arena run configs/default.toml --db FILE`), then "

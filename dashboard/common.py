@@ -7,7 +7,7 @@ SQLite in ``mode=ro`` (and PostgreSQL in read-only transactions).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
@@ -16,7 +16,8 @@ from arena import display
 from arena.store import queries, views
 from arena.store.db import DEFAULT_DB, open_reader
 
-# A tournament still running keeps writing: cached results go stale after this many seconds.
+# Cached results are keyed on the database's stamp (a new result is seen at once); the TTL only
+# bounds what a write the stamp misses could leave stale.
 TTL_S = 15
 #: the sidebar's choice meaning "every stored match" (a string: None would read as "no choice")
 ALL = "all"
@@ -31,16 +32,20 @@ def engine(db: str):
     return open_reader(db)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def view(name: str, db: str, *args: Any, **kwargs: Any):
-    """``arena.store.views.<name>(engine, *args, **kwargs)``, cached per arguments."""
-    return getattr(views, name)(engine(db), *args, **kwargs)
+    """``arena.store.views.<name>(engine, *args, **kwargs)``, cached until the database changes."""
+    return _cached("views", name, db, live("stamp", db), *args, **kwargs)
+
+
+def query(name: str, db: str, *args: Any, **kwargs: Any):
+    """``arena.store.queries.<name>(engine, *args, **kwargs)``, cached until the database changes."""
+    return _cached("queries", name, db, live("stamp", db), *args, **kwargs)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def query(name: str, db: str, *args: Any, **kwargs: Any):
-    """``arena.store.queries.<name>(engine, *args, **kwargs)``, cached per arguments."""
-    return getattr(queries, name)(engine(db), *args, **kwargs)
+def _cached(module: str, name: str, db: str, version: tuple, *args: Any, **kwargs: Any):
+    # ``version`` (arena.store.live.stamp) only keys the cache: a new result is shown at once
+    return getattr({"views": views, "queries": queries}[module], name)(engine(db), *args, **kwargs)
 
 
 def tournament_id() -> int | None:
@@ -121,8 +126,12 @@ def table_height(n_rows: int) -> int:
     return 35 * (n_rows + 1) + 3
 
 
-#: live progress goes stale fast: the Runs page refreshes it every few seconds
+#: live progress goes stale fast: it is read again every two seconds at most
 LIVE_TTL_S = 2
+#: seconds between refreshes of a page while a tournament is active (arena.store.live)
+ACTIVE_REFRESH_S = 3
+#: seconds between looks, while nothing runs, for a tournament that starts (they rerun nothing)
+IDLE_CHECK_S = 30
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
@@ -131,3 +140,41 @@ def live(name: str, db: str, *args: Any, **kwargs: Any):
     from arena.store import live as live_queries
 
     return getattr(live_queries, name)(engine(db), *args, **kwargs)
+
+
+def auto_refresh(db: str, tid: int | None, body: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Keep the page current while a tournament runs; return its progress (arena.store.live).
+
+    A fragment looks at the database every ACTIVE_REFRESH_S seconds while a tournament is active
+    and reruns the whole page (no browser reload) when anything it shows was written; when the
+    tournament ends the page is rerun once more and the looks slow to one every IDLE_CHECK_S,
+    which rerun the page only if a tournament has started. ``body(progress)`` draws inside the
+    fragment, so it is redrawn at every look (counts, ETA); the default is :func:`running_banner`.
+    """
+    first, seen = live("progress", db, tid), live("stamp", db)
+
+    @st.fragment(run_every=ACTIVE_REFRESH_S if first["active"] else IDLE_CHECK_S)
+    def watch():
+        p = live("progress", db, tid)
+        if p["active"] != first["active"] or live("stamp", db) != seen:
+            st.rerun()  # scope app: every table of the page, not only this fragment
+        (body or running_banner)(p)
+
+    watch()
+    return first
+
+
+def running_banner(p: dict[str, Any]) -> None:
+    """One line while a tournament is active: how far it has got, and that the page follows it."""
+    if not p["active"]:
+        return
+    done = p["stored"]
+    total = f" of {p['planned']}" if p["planned"] is not None else ""
+    if p["running"]:
+        what = f"A tournament is running: {done}{total} matches stored, {p['running']} in flight"
+    elif p["planned"] is not None and done >= p["planned"]:  # the driver's fresh re-scoring
+        what = f"A tournament is finishing: {p['unverified']} of its {done} matches wait for their fresh re-score"
+    else:  # Ray starting, hardened weights being built
+        what = f"A tournament is starting: {done}{total} matches stored, none in flight yet"
+    st.warning(f"{what}. Numbers will change: this page refreshes itself every {ACTIVE_REFRESH_S} s "
+               "until it ends. Systems with matches still to run are marked incomplete and not ranked.")

@@ -259,23 +259,47 @@ def test_attacks_page_ranks_by_damage(app, arena_db):
     assert pgd["gradient_calls"] > 1 and pgd["time_attack_s"] > 0
 
 
-def test_matrix_page_heat_map_matches_leaderboard(app, arena_db):
+def test_matrix_page_facets_every_restorer_on_one_colour_scale(app, arena_db):
+    import json
+
     db, _, tid = arena_db
     app.switch_page("sections/matrix.py").run()
     assert not app.exception
-    restorer = next(s for s in app.selectbox if s.label == "Restorer")
     budget = next(s for s in app.selectbox if s.label == "Threat model and budget")
-    restorer.set_value("tiny").run()
     assert budget.value["threat"] == "oblivious" and budget.value["eps"] == pytest.approx(8 / 255)
-    table = app.dataframe[0].value
-    assert list(table.index) == ["fgsm", "pgd", "signnoise", "ALL"]
-    assert list(table.columns) == ["none", "jpeg"]  # the undefended system first
-    board = {r["defense"]: r["robust_psnr"] for r in views.leaderboard(open_reader(db), tid, threat="oblivious")
-             if r["restorer"] == "tiny" and r["eps"] == pytest.approx(8 / 255)}
-    for defense in ("jpeg", "none"):
-        assert table.loc["ALL", defense] == pytest.approx(board[defense])
-        assert table.loc["ALL", defense] <= table[defense].drop("ALL").min() + 1e-9
-    assert len(app.get("vega_lite_chart")) == 1
+    conn = open_reader(db)
+    board = {(r["restorer"], r["defense"]): r for r in views.leaderboard(conn, tid, threat="oblivious")
+             if r["eps"] == pytest.approx(8 / 255)}
+    cells = {r: views.matrix(conn, tid, restorer=r, threat="oblivious", norm="linf", eps=8 / 255)
+             for r in ("identity", "tiny")}
+    tables = [df.value for df in app.dataframe]
+    assert len(tables) == 2  # a table per restorer, in the panels' order
+    for restorer, table in zip(("identity", "tiny"), tables):
+        assert list(table.index) == ["clean", "fgsm", "pgd", "signnoise", "ALL"]
+        assert list(table.columns) == ["none", "jpeg"]  # the undefended system first
+        for defense in ("jpeg", "none"):
+            assert table.loc["ALL", defense] == pytest.approx(board[(restorer, defense)]["robust_psnr"])
+            assert table.loc["clean", defense] == pytest.approx(board[(restorer, defense)]["clean_psnr"])
+            assert table.loc["ALL", defense] <= table[defense].drop(["ALL", "clean"]).min() + 1e-9
+    (chart,) = app.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["facet"]["column"]["field"] == "restorer"  # side by side, one chart
+
+    def domain(spec):
+        layer = spec["spec"]["layer"][0]
+        return layer["encoding"]["color"]["scale"]["domain"]
+
+    # one colour scale over both panels: the attacks that matter, noise floor and clean row out
+    attacked = [c["robust_psnr"] for r in cells.values() for c in r if c["attack"] != "signnoise"]
+    assert domain(spec) == pytest.approx([min(attacked), max(attacked)])
+    app.toggle[0].set_value(False).run()
+    everything = attacked + [c["robust_psnr"] for r in cells.values() for c in r] + \
+        [b["clean_psnr"] for b in board.values()]
+    assert domain(json.loads(app.get("vega_lite_chart")[0].proto.spec)) == pytest.approx(
+        [min(everything), max(everything)])
+    multiselect(app, "Restorers").set_value(["tiny"]).run()
+    assert not app.exception and len(app.dataframe) == 1
+    assert app.dataframe[0].value.loc["ALL", "jpeg"] == pytest.approx(board[("tiny", "jpeg")]["robust_psnr"])
 
 
 def test_curves_page_has_both_threat_models(app):
@@ -287,6 +311,8 @@ def test_curves_page_has_both_threat_models(app):
     assert '"field": "eps_255"' in charts[0].proto.spec
     assert '"field": "iteration"' in charts[2].proto.spec
     assert [h.value for h in app.header] == ["PSNR vs attack iterations"]
+    labels = [b.proto.label for b in app.get("download_button")]
+    assert labels == ["These curves (CSV)", "These traces (CSV)"]  # their content: tests/test_browser.py
 
 
 def test_gallery_page_shows_every_picture_with_psnr(app, arena_db):
@@ -358,11 +384,13 @@ def test_all_tournaments_and_pages_render_and_nothing_is_written(arena_db, monke
     assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
 
 
-@pytest.mark.parametrize("kind", ["missing", "foreign"])
+@pytest.mark.parametrize("kind", ["missing", "creating", "foreign"])
 def test_app_waits_for_a_missing_and_refuses_a_foreign_database(tmp_path, monkeypatch, kind):
     path = tmp_path / f"{kind}.db"
     if kind == "foreign":
         sqlite3.connect(path).execute("create table x (y int)").connection.commit()
+    if kind == "creating":  # a driver has just created the file and not yet written its schema
+        path.touch()
     monkeypatch.setenv("ARENA_DB", str(path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
@@ -371,7 +399,10 @@ def test_app_waits_for_a_missing_and_refuses_a_foreign_database(tmp_path, monkey
         assert not at.error and "No results yet" in at.info[0].value
         assert not path.exists()  # waiting must not create an empty database
         return
-    (error,) = at.error
+    if kind == "creating":
+        assert not at.error and "is being created" in at.info[0].value
+        return
+    (error,) = at.error  # a foreign file has tables: refused at once, young or not
     assert "Cannot open the results database" in error.value and "not a udc-arena database" in error.value
 
 
@@ -413,6 +444,19 @@ def test_report_writes_markdown_and_plots(arena_db, tmp_path):
         line = f"| {r['rank']} | {r['restorer']} | {r['defense']} | {r['clean_psnr']:.2f} |"
         assert line in md
         assert f"{r['robust_psnr']:.2f}" in md
+    # the heat maps' one scale: without the noise floor and the clean row unless asked for
+    from arena.report import heatmap_scale
+
+    cells = [c for r in ("identity", "tiny") for b in views.budgets(open_reader(db), tid)
+             for c in views.matrix(open_reader(db), tid, restorer=r, threat=b["threat"], norm=b["norm"], eps=b["eps"])]
+    attacked = [c["robust_psnr"] for c in cells if c["attack"] != "signnoise"]
+    assert heatmap_scale(cells, {"signnoise"}, clean_in=False) == (min(attacked), max(attacked))
+    every = [c["robust_psnr"] for c in cells] + [c["clean_psnr"] for c in cells]
+    assert heatmap_scale(cells, set(), clean_in=True) == (min(every), max(every))
+    assert max(every) > max(attacked)  # the clean row would take the top of the scale
+    with_floor = write_report(db, tmp_path / "floor", floor_in_scale=True)
+    assert (tmp_path / "floor" / "heatmap.png").read_bytes() != (tmp_path / "report" / "heatmap.png").read_bytes()
+    assert len(with_floor) == len(paths)
     problems = write_report(db, tmp_path / "broken", tournament_id=broken)[0].read_text()
     assert "**disqualified**" in problems and "**failed**" in problems and "arena reproduce" in problems
 
@@ -442,7 +486,8 @@ def test_views_agree_on_postgres_and_sqlite(tmp_path):
         def strip(value):
             if isinstance(value, dict):
                 return {k: strip(v) for k, v in value.items()
-                        if k not in ("id", "defense_ms_per_mp", "time_attack_s", "tournament_id")}
+                        if k not in ("id", "defense_ms_per_mp", "attack_ms_per_mp", "peak_mem_mb", "time_attack_s",
+                                     "tournament_id")}
             if isinstance(value, list):
                 return [strip(v) for v in value]
             return round(value, 6) if isinstance(value, float) else value
@@ -464,3 +509,76 @@ def test_runs_page_says_which_host_ran_the_matches(app, arena_db):
     assert list(nodes["node"]) == [socket.gethostname()]  # the local executor: this host
     assert nodes["matches"].sum() == len(queries.matches(open_reader(arena_db[0])))
     assert any(f"node {socket.gethostname()}" in c.value for c in app.caption)
+
+
+@pytest.fixture
+def live_copy(arena_db, tmp_path):
+    """A copy of the module's database (SQLite's backup: the write-ahead log included) to play
+    a running tournament in."""
+    db = str(tmp_path / "live.db")
+    src, dst = sqlite3.connect(arena_db[0]), sqlite3.connect(db)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return db, arena_db[2]
+
+
+def test_live_progress_says_when_a_tournament_is_active(live_copy):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import delete, update
+
+    from arena.store import live
+
+    db, tid = live_copy
+    reader, writer = open_reader(db), open_writer(db)
+    done = live.progress(reader, tid)
+    assert done["stored"] == done["planned"] and done["unverified"] == 0
+    assert not done["active"] and done["running"] == 0  # finished: idle at once
+    before = live.stamp(reader)
+    now = datetime.now(timezone.utc)
+    with writer.begin() as conn:  # a driver claims a match: running
+        conn.execute(models.claims.insert().values(key="k-live", owner="h:1:x", expires_at=now + timedelta(hours=1)))
+    running = live.progress(reader, tid)
+    assert running["running"] == 1 and running["active"]
+    assert live.stamp(reader) != before  # the pages rerun
+    with writer.begin() as conn:  # its claim expired: nothing in flight
+        conn.execute(update(models.claims).values(expires_at=now - timedelta(seconds=1)))
+    assert live.progress(reader, tid)["running"] == 0
+    with writer.begin() as conn:  # a run just started (Ray starting): no claim yet, matches to go
+        conn.execute(delete(models.claims))
+        conn.execute(update(models.tournaments).where(models.tournaments.c.id == tid)
+                     .values(updated_at=now, planned=done["stored"] + 3))
+    starting = live.progress(reader, tid)
+    assert starting["active"] and starting["running"] == 0 and starting["planned"] == done["stored"] + 3
+    old = time.time() - 2 * live.ACTIVE_GRACE_S
+    with writer.begin() as conn:  # the same, but its driver last wrote long ago: not running
+        conn.execute(update(models.tournaments).values(updated_at=now - timedelta(seconds=2 * live.ACTIVE_GRACE_S)))
+        conn.execute(update(models.matches).values(finished_at=old, started_at=old - 1))
+    assert not live.progress(reader, tid)["active"]
+    mark = live.stamp(reader)
+    with writer.begin() as conn:  # a fresh re-score's verdict changes what the pages show
+        conn.execute(update(models.matches).where(models.matches.c.verified.is_(True)).values(verified=False))
+    assert live.stamp(reader) != mark
+
+
+def test_pages_say_a_tournament_is_running(live_copy, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    db, tid = live_copy
+    with open_writer(db).begin() as conn:
+        conn.execute(models.claims.insert().values(key="k-live", owner="h:1:x",
+                                                   expires_at=datetime.now(timezone.utc) + timedelta(hours=1)))
+    monkeypatch.setenv("ARENA_DB", db)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    stored = sum(queries.status_counts(open_reader(db), tid).values())
+    (banner,) = at.warning
+    assert banner.value.startswith(f"A tournament is running: {stored} of {stored} matches stored, 1 in flight")
+    assert "refreshes itself every 3 s" in banner.value
+    at.switch_page("sections/runs.py").run()
+    assert not at.exception
+    assert "Running now" in [s.value for s in at.subheader]
+    assert {m.label: m.value for m in at.metric}["running"] == "1"
+    assert any("refreshes every 3 s while the tournament runs" in c.value for c in at.caption)

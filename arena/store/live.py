@@ -1,9 +1,15 @@
 """How far a tournament has got while it runs: stored counts, matches in flight, rate and ETA.
 
 Read-only, no torch or Ray. "In flight" are the claims (arena/store/write.py) that drivers hold
-on matches not yet stored; a driver drops its claims when it leaves, so a tournament is running
-while any unexpired claim exists. The planned total is what the driver stored when it planned the
-run (``tournaments.planned``, m006); with every tournament chosen, it is their sum.
+on matches not yet stored; a driver drops its claims when it leaves. The planned total is what
+the driver stored when it planned the run (``tournaments.planned``, m006); with every
+tournament chosen, it is their sum.
+
+A driver holds no claim while Ray starts, while it builds hardened weights and while it
+re-scores the finished matches at the end, yet the leaderboard still changes then. So a
+tournament is *active* while a claim is held, or while its matches are not all stored and
+verified and it last wrote something less than :data:`ACTIVE_GRACE_S` ago. The dashboard
+refreshes its pages while one is active (dashboard/common.py).
 """
 
 from __future__ import annotations
@@ -12,37 +18,63 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Engine
 
 from arena.store import models as m
 from arena.store.sql import fetch, scope
 
+#: seconds after its last write that an unfinished tournament without claims still counts as active
+ACTIVE_GRACE_S = 90.0
+
 
 def progress(engine: Engine, tournament_id: int | None = None) -> dict[str, Any]:
-    mt, cl = m.matches, m.claims
+    mt, cl, tt = m.matches, m.claims, m.tournaments
     counts = {r["status"]: r["n"] for r in fetch(engine, scope(
         select(mt.c.status, func.count().label("n")), tournament_id).group_by(mt.c.status))}
     now = datetime.now(timezone.utc)
     claims = fetch(engine, select(cl.c.key, cl.c.expires_at).where(cl.c.key.not_in(select(mt.c.key))))
     running = sum(1 for c in claims if _aware(c["expires_at"]) > now)
+    unverified = and_(mt.c.status == "done", mt.c.verified.is_not(True))
     times = fetch(engine, scope(select(func.min(mt.c.started_at).label("first"),
-                                       func.max(mt.c.finished_at).label("last")), tournament_id))[0]
+                                       func.max(mt.c.finished_at).label("last"),
+                                       func.sum(case((unverified, 1), else_=0)).label("unverified")),
+                                tournament_id))[0]
     stored = sum(counts.values())
-    tt = m.tournaments
-    totals = select(func.sum(tt.c.planned).label("planned"))
+    totals = select(func.sum(tt.c.planned).label("planned"), func.max(tt.c.updated_at).label("updated"))
     if tournament_id is not None:
         totals = totals.where(tt.c.id == tournament_id)
-    planned = fetch(engine, totals)[0]["planned"]
+    totals = fetch(engine, totals)[0]
+    planned = totals["planned"]
     out = {"counts": counts, "stored": stored, "running": running, "planned": planned,
-           "first_started": times["first"], "last_finished": times["last"], "now": time.time(),
-           "rate_per_min": None, "eta_s": None}
+           "unverified": times["unverified"] or 0, "first_started": times["first"],
+           "last_finished": times["last"], "now": time.time(), "rate_per_min": None, "eta_s": None}
+    started = _aware(totals["updated"]).timestamp() if totals["updated"] else None
+    out["last_write"] = max((t for t in (times["last"], started) if t is not None), default=None)
+    unfinished = planned is None or stored < planned or out["unverified"] > 0
+    out["active"] = bool(running) or (unfinished and out["last_write"] is not None
+                                      and out["now"] - out["last_write"] < ACTIVE_GRACE_S)
     if running and times["first"] and times["last"] and times["last"] > times["first"]:
         finished = stored - counts.get("skipped", 0)
         out["rate_per_min"] = 60 * finished / (times["last"] - times["first"])
         if planned and out["rate_per_min"]:  # the rest at the rate so far
             out["eta_s"] = max(0, planned - stored) / out["rate_per_min"] * 60
     return out
+
+
+def stamp(engine: Engine) -> tuple:
+    """A fingerprint of everything a driver writes that the pages show (matches, their status and
+    verification, links, flags, claims, planned runs): it changes whenever a page would. The
+    dashboard keys its caches on it and reruns a page when it moves."""
+    mt, tm, fl, cl, tt = m.matches, m.tournament_matches, m.flags, m.claims, m.tournaments
+    done = func.sum(case((mt.c.status == "done", 1), else_=0))
+    verified = func.sum(case((mt.c.verified.is_(True), 1), else_=0))
+    parts = [select(func.count(), func.max(mt.c.id), done, verified, func.max(mt.c.finished_at)),
+             select(func.count()).select_from(tm), select(func.count(), func.max(fl.c.id)),
+             select(func.count()).select_from(cl),
+             select(func.count(), func.max(tt.c.updated_at), func.sum(tt.c.planned))]
+    with engine.connect() as conn:
+        return tuple(v for stmt in parts for v in conn.execute(stmt).one())
 
 
 def _aware(t: datetime) -> datetime:

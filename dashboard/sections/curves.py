@@ -28,7 +28,7 @@ if not rows:
     st.info("No scored matches for this selection.")
     st.stop()
 
-data = common.frame(rows, ["threat", "restorer", "defense", "system", "attack", "eps", "robust_psnr"])
+data = common.frame(rows, ["threat", "restorer", "defense", "system", "attack", "eps", "robust_psnr", "clean_psnr"])
 data["eps_255"] = data["eps"] * 255
 lo, hi = data["robust_psnr"].min(), data["robust_psnr"].max()
 pad = max(0.5, 0.05 * (hi - lo))
@@ -59,6 +59,11 @@ for threat in ("oblivious", "adaptive"):
     ).properties(height=300, width=panel_px).facet(
         column=alt.Column("restorer:N", title="restorer"))
     st.altair_chart(chart)
+shown_columns = ["threat", "restorer", "defense", "attack", "eps", "eps_255", "robust_psnr", "clean_psnr"]
+st.download_button("These curves (CSV)", data[shown_columns].assign(norm=norm).to_csv(index=False),
+                   file_name=f"eps_curves_{norm}.csv", mime="text/csv", key="curves-csv",
+                   help="One row per point of the figures above: threat model, system, attack (ALL: the worst "
+                        "case), ε (ε = 0: clean), robust PSNR in dB.")
 
 st.header("PSNR vs attack iterations")
 st.caption("Per white-box match on an MSE objective: the PSNR of its best mean loss so far after each "
@@ -89,3 +94,8 @@ else:
         tooltip=["system", "attack", "iteration", alt.Tooltip("robust_psnr:Q", format=".2f"), "converged"],
     ).properties(height=300, width=panel_px).facet(column=alt.Column("restorer:N", title="restorer"))
     st.altair_chart(chart)
+    st.download_button("These traces (CSV)", trace[["restorer", "defense", "attack", "seed", "iteration",
+                                                    "robust_psnr", "converged"]]
+                       .assign(threat=threat, norm=norm, eps=eps).to_csv(index=False),
+                       file_name=f"convergence_{threat}_{norm}_{eps * 255:.3g}.csv", mime="text/csv",
+                       key="traces-csv")

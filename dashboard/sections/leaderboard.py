@@ -16,6 +16,8 @@ st.caption("Robust PSNR/SSIM: per image, the worst case over the counted attacks
            "count; a system is ranked only when all its matches are, and the others follow unranked.")
 for threat, line in common.THREAT_MODELS.items():
     st.markdown(f"**{threat}**: {line}.")
+# above the first st.stop(): a page opened before the first result still follows the run
+live = common.auto_refresh(db, tid)
 
 opts = common.view("options", db, tid)
 c1, c2, c3, c4 = st.columns(4)
@@ -32,10 +34,9 @@ if not rows:
     st.info("No scored matches for this selection yet.")
     st.stop()
 
-# while a driver still holds claims, a system with fewer stored matches than the others at its
+# while a tournament is active, a system with fewer stored matches than the others at its
 # budget has matches not yet run: it is marked incomplete and left unranked
-live = common.live("progress", db, tid)
-if live["running"]:
+if live["active"]:
     most: dict[tuple, int] = {}
     for r in rows:
         k = (r["threat"], r["norm"], r["eps"])
@@ -45,8 +46,6 @@ if live["running"]:
             r["status"], r["rank"] = "incomplete", None
             r["why"] = "; ".join(filter(None, [f"{r['planned']} of {most[(r['threat'], r['norm'], r['eps'])]} "
                                                 "matches stored so far (tournament running)", r["why"]]))
-    st.warning(f"A tournament is running ({live['running']} matches in flight): numbers will change. "
-               "Systems with matches still to run are marked incomplete and not ranked.")
 
 flag_rows = common.view("flags", db, tid)
 

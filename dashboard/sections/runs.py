@@ -10,11 +10,6 @@ db, tid = common.db_url(), common.tournament_id()
 display = common.display
 st.title("Runs")
 
-tournaments = common.query("tournaments", db)
-if not tournaments:
-    st.info("No tournament stored yet.")
-    st.stop()
-
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -23,18 +18,11 @@ def duration(seconds: float | None) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {s:02d} s"
 
 
-first = common.live("progress", db, tid)
-
-
-@st.fragment(run_every=3 if first["running"] else 15)
-def progress():
-    """Counts while a tournament runs, refreshed in place (no reload)."""
-    p = common.live("progress", db, tid)
-    if bool(p["running"]) != bool(first["running"]):  # started or finished: refresh the whole page
-        st.rerun()
+def progress(p: dict) -> None:
+    """Counts while a tournament runs, redrawn in place at every look of common.auto_refresh."""
     c = p["counts"]
     done, failed = c.get("done", 0), c.get("failed", 0) + c.get("disqualified", 0)
-    st.subheader("Running now" if p["running"] else "Progress")
+    st.subheader("Running now" if p["active"] else "Progress")
     cols = st.columns(7)
     cols[0].metric("planned", p["planned"] if p["planned"] is not None else p["stored"] + p["running"],
                    help="as the driver planned its last run (a database from before m006: stored + in flight)")
@@ -48,12 +36,21 @@ def progress():
     cols[6].metric("ETA", duration(p["eta_s"]) if p["eta_s"] is not None else "—",
                    help="the matches still to store, at the rate so far")
     span = (p["last_finished"] - p["first_started"]) if p["first_started"] and p["last_finished"] else None
+    note = ""
+    if p["active"]:
+        note = f" · refreshes every {common.ACTIVE_REFRESH_S} s while the tournament runs"
+        if not p["running"]:
+            note += (f" (finishing: {p['unverified']} matches wait for their fresh re-score)"
+                     if p["planned"] is not None and p["stored"] >= p["planned"] else " (starting: no match in flight yet)")
     st.caption(f"matches ran for {duration(span)}" + (f"; last result {duration(p['now'] - p['last_finished'])} ago"
-                                                       if p["last_finished"] else "")
-               + (" · refreshes every 3 s while a tournament runs" if p["running"] else ""))
+                                                       if p["last_finished"] else "") + note)
 
 
-progress()
+first = common.auto_refresh(db, tid, progress)
+tournaments = common.query("tournaments", db)
+if not tournaments:
+    st.info("No tournament stored yet.")
+    st.stop()
 for t in tournaments:
     t["matches"] = ", ".join(f"{n} {s}" for s, n in sorted(common.query("status_counts", db, t["id"]).items()))
 st.dataframe(common.frame(tournaments, ["id", "name", "created_at", "updated_at", "matches", "seed", "code_version",
@@ -79,7 +76,7 @@ for t in shown:
 st.header("Failed, disqualified and skipped matches")
 problems = common.view("problem_matches", db, tid)
 if not problems:
-    if first["running"]:
+    if first["active"]:
         st.info("No failed, disqualified or skipped match so far; the tournament is still running.")
     else:
         st.success("Every stored match of this selection finished and was scored.")
