@@ -13,12 +13,20 @@ Which calls tile: a restorer's ``tile`` parameter (pixels; 0 never tiles), or, u
 budget (``ARENA_TILE_MEMORY_MB``, default 2048): the module's activation bytes per pixel are
 measured once by a probe, and an image whose forward would need more is tiled at the largest
 side that fits.
+
+How: ``enable`` gives the module an instance ``forward`` (a method bound to it) that decides
+per call and otherwise runs the class's own. The class is left alone, so ``type(model)`` is
+the architecture, and ``tile = 0`` leaves the module untouched. It is set when the restorer is
+loaded and never after: the worker snapshots a module's attributes then, and reads a later
+change as tampering (arena.match.module_state). Tiles run the class's forward directly, so
+the module is called once per batch and its hooks count one evaluation, not one per tile.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import types
 import weakref
 
 import torch
@@ -92,7 +100,7 @@ def activation_bytes_per_pixel(module: torch.nn.Module, x: torch.Tensor, *cond) 
     try:
         with torch.no_grad():
             probe = x[:1, :, :PROBE, :PROBE]
-            module.forward_untiled(probe, *(c[:1] for c in cond))
+            type(module).forward(module, probe, *(c[:1] for c in cond))
     finally:
         for hd in handles:
             hd.remove()
@@ -112,36 +120,25 @@ def budget_tile(module, x: torch.Tensor, cond) -> int:
     return max(side, 64)
 
 
-class Tiled:
-    """Mixin put in front of a restorer module's class (``enable``): its forward tiles."""
-
-    arena_tile: int | None = None
-    arena_overlap: int = 32
-
-    def forward_untiled(self, lq, *cond):
-        return super().forward(lq, *cond)
-
-    def forward(self, lq, *cond):
-        tile = self.arena_tile
-        if tile is None:
-            tile = budget_tile(self, lq, cond)
-        if not tile or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
-            return super().forward(lq, *cond)
-        overlap = min(self.arena_overlap, tile // 2)
-        return tiled(lambda part: super(Tiled, self).forward(part, *cond), lq, tile, overlap)
-
-
-_CLASSES: dict[type, type] = {}
+def tiling_forward(self: torch.nn.Module, lq: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+    """The forward ``enable`` binds to a module: its class's forward, tiled when asked or when
+    the memory budget says so."""
+    untiled = type(self).forward
+    tile = self.arena_tile
+    if tile is None:
+        tile = budget_tile(self, lq, cond)
+    if not tile or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
+        return untiled(self, lq, *cond)
+    overlap = min(self.arena_overlap, tile // 2)
+    return tiled(lambda part: untiled(self, part, *cond), lq, tile, overlap)
 
 
 def enable(module: torch.nn.Module, tile: int | None, overlap: int) -> torch.nn.Module:
-    """Make ``module`` tile its forward (same parameters and state dict; ``tile`` 0: never)."""
+    """Make ``module`` tile its forward: at ``tile`` pixels, or (None) as the memory budget
+    decides per call; ``tile`` 0 leaves it untouched. Same class, parameters and state dict.
+    The forward is a bound method, so ``copy.deepcopy`` (fine-tuning copies) binds it to the copy."""
     if tile == 0:
         return module
-    cls = type(module)
-    if not issubclass(cls, Tiled):
-        if cls not in _CLASSES:
-            _CLASSES[cls] = type(f"Tiled{cls.__name__}", (Tiled, cls), {"__module__": cls.__module__})
-        module.__class__ = _CLASSES[cls]
     module.arena_tile, module.arena_overlap = tile, overlap
+    module.forward = types.MethodType(tiling_forward, module)
     return module
