@@ -13,7 +13,7 @@ from arena.plugins import load_registry
 from arena.run.driver import run_tournament
 from arena.store import queries, views
 from arena.store.db import open_reader
-from helpers import config
+from helpers import config, scores_only
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -103,8 +103,7 @@ steps = 40
                    check=True, capture_output=True)
     a, b = open_reader(killed), open_reader(clean)
     assert queries.status_counts(a) == {"done": 32}
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "defense_ms_per_mp"} for r in rows]  # noqa: E731
-    assert strip(views.leaderboard(a)) == strip(views.leaderboard(b))
+    assert scores_only(views.leaderboard(a)) == scores_only(views.leaderboard(b))
     with a.connect() as conn:
         from sqlalchemy import text
         assert conn.execute(text("select count(*) from scores")).scalar() == 32 * 4

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from arena.store import models, views, write
 from arena.store.db import open_reader, open_writer
 from pg import postgres_server
-from helpers import require_tool
+from helpers import require_tool, scores_only
 
 pytestmark = pytest.mark.slow
 
@@ -85,9 +85,7 @@ def check_split(db: str, reports: list[dict]) -> None:
 
 
 def leaderboard(db: str) -> list[dict]:
-    rows = views.leaderboard(open_reader(db))
-    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "defense_ms_per_mp"}
-            for r in rows]
+    return scores_only(views.leaderboard(open_reader(db)), 6)
 
 
 def test_two_drivers_on_one_fresh_sqlite_file_split_the_work(tmp_path):

@@ -21,6 +21,7 @@ import pytest
 
 from arena.store import queries
 from arena.store.db import open_reader
+from helpers import scores_only
 from pg import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -129,8 +130,7 @@ def finished(proc: subprocess.Popen, timeout: float = 400) -> str:
 def leaderboard(db: Path) -> list[dict]:
     from arena.store import views
 
-    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "defense_ms_per_mp"}
-            for r in views.leaderboard(open_reader(str(db)))]
+    return scores_only(views.leaderboard(open_reader(str(db))), 6)
 
 
 def test_hardened_weights_built_on_one_node_are_used_on_the_other(cluster, tmp_path):

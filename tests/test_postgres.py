@@ -5,7 +5,7 @@ import pytest
 from arena.run.driver import run_tournament
 from arena.store import views
 from arena.store.db import DatabaseError, open_reader, open_writer
-from helpers import config, require_tool
+from helpers import config, require_tool, scores_only
 from pg import free_port, postgres_server
 
 pytestmark = pytest.mark.postgres
@@ -22,10 +22,8 @@ def test_postgres_and_sqlite_agree(pg_url, tmp_path, arena_registry):
     sqlite_db = str(tmp_path / "a.db")
     run_tournament(t, sqlite_db, executor="local", progress=False, registry=arena_registry)
     run_tournament(t, pg_url, executor="local", progress=False, registry=arena_registry)
-    strip = lambda rows: [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()  # noqa: E731
-                           if k != "defense_ms_per_mp"} for r in rows]
-    pg_rows = strip(views.leaderboard(open_reader(pg_url)))
-    assert pg_rows and pg_rows == strip(views.leaderboard(open_reader(sqlite_db)))
+    pg_rows = scores_only(views.leaderboard(open_reader(pg_url)), 6)
+    assert pg_rows and pg_rows == scores_only(views.leaderboard(open_reader(sqlite_db)), 6)
     again = run_tournament(t, pg_url, executor="local", progress=False, registry=arena_registry)
     assert again.counts == {} and again.resumed == 16
 

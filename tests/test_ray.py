@@ -15,7 +15,7 @@ from arena.plugins import load_registry
 from arena.run.driver import run_tournament
 from arena.store import queries, views
 from arena.store.db import open_reader
-from helpers import config
+from helpers import config, scores_only
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -123,8 +123,7 @@ def test_ray_tournament_matches_in_process_and_includes_the_plugin(plugin_packag
     run_tournament(t, local_db, executor="local", progress=False, registry=registry)
     ray_rows = views.leaderboard(open_reader(ray_db))
     local_rows = views.leaderboard(open_reader(local_db))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "defense_ms_per_mp"} for r in rows]  # noqa: E731
-    assert strip(ray_rows) == strip(local_rows)
+    assert scores_only(ray_rows) == scores_only(local_rows)
     attacks = {r["attack"] for r in queries.matches(open_reader(ray_db))}
     assert attacks == {"fgsm", "mirror"}
     versions = next(r for r in queries.matches(open_reader(ray_db)) if r["attack"] == "mirror")["versions"]

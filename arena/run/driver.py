@@ -262,25 +262,29 @@ SHARED = ("key", "adv", "trace", "start_grad", "gradient_calls", "eot_used", "ev
 
 
 def run_shared(ex, matches: list[Match], data, hardened, on_result, on_start, registry: Registry | None) -> None:
-    """Run the matches, each attack computation once (arena/run/share.py): first one match per
-    computation, then the others with its result to verify and score. Without a registry, or
-    where the computing match failed or its attack looked at the defended system, a match
-    attacks for itself."""
+    """Run the matches, each attack computation once (arena/run/share.py): a match that can
+    reuse another's computation waits for it (``after``) and then gets its result to verify and
+    score (``given``, filled as results come in), in one pass over warm workers. Without a
+    registry, or where the computing match failed or its attack looked at the defended system,
+    a match attacks for itself."""
     from arena.run.share import split
 
     computing, reuse = split(matches, registry) if registry is not None else (matches, {})
-    wanted, results = set(reuse.values()), {}
+    dependents: dict[str, list[str]] = {}
+    for key, source in reuse.items():
+        dependents.setdefault(source, []).append(key)
+    given: dict[str, dict] = {}
 
     def keep(m: Match, result: dict[str, Any]) -> None:
-        if m.key in wanted and result["status"] == "done" and result.get("shareable"):
-            results[m.key] = {k: result.get(k) for k in SHARED}
+        if m.key in dependents and result["status"] == "done" and result.get("shareable"):
+            shared = {k: result.get(k) for k in SHARED}
+            given.update({key: shared for key in dependents[m.key]})
         on_result(m, result)
 
-    ex.run(computing, data, hardened, keep, on_start)
-    rest = [m for m in matches if m.key in reuse]
-    if rest:
-        ex.run(rest, data, hardened, on_result, on_start,
-               given={m.key: results[reuse[m.key]] for m in rest if reuse[m.key] in results})
+    # the computing matches first: an executor that runs in order (local) meets each source
+    # before the matches that reuse it
+    ordered = computing + [m for m in matches if m.key in reuse]
+    ex.run(ordered, data, hardened, keep, on_start, given=given, after=reuse)
 
 
 def escalations(engine, tid: int, matches: list[Match]) -> list[Match]:

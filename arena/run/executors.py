@@ -105,7 +105,10 @@ class LocalExecutor:
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
             on_result: OnResult, on_start: Callable[[Match], bool | None] | None = None,
-            given: dict[str, dict] | None = None) -> None:
+            given: dict[str, dict] | None = None, after: dict[str, str] | None = None) -> None:
+        """``given``: results of other matches to score instead of attacking, read when each
+        match starts; ``after``: the match each waits for, met first here since matches run in
+        the order given."""
         from arena.run.worker import Worker
 
         from arena.timeout import Timeout, deadline
@@ -242,15 +245,29 @@ class RayExecutor:
 
     def run(self, matches: list[Match], data: UDCData, hardened: dict[str, str],
             on_result: OnResult, on_start: Callable[[Match], bool | None] | None = None,
-            given: dict[str, dict] | None = None) -> None:
+            given: dict[str, dict] | None = None, after: dict[str, str] | None = None) -> None:
+        """``given``: results of other matches to score instead of attacking, read when each
+        match is submitted; ``after``: {match key: the key of the match it waits for}, held back
+        until that one has an outcome (any: without a result in ``given`` it attacks itself)."""
         ray = self.ray
         if not matches:
             return
         data_ref = ray.put(data)  # one copy in the object store, shared by every actor
         hardened = ray.put(hardened)  # with the weights' bytes, for nodes without the files
         groups: dict[tuple, deque[Match]] = defaultdict(deque)
+        held: dict[str, list[Match]] = defaultdict(list)  # per source key, the matches waiting on it
+        here = {m.key for m in matches}
         for m in matches:
-            groups[(m.restorer.model_dump_json(), m.defense_label)].append(m)
+            source = (after or {}).get(m.key)
+            if source in here:
+                held[source].append(m)
+            else:
+                groups[_group(m)].append(m)
+
+        def release(key: str) -> None:  # ``key`` has an outcome: what waited on it may start
+            for m in held.pop(key, []):
+                groups[_group(m)].append(m)
+
         actors: list[Any] = []
         last_group: dict[int, tuple | None] = {}
         inflight: dict[Any, tuple[int, Match | None, float]] = {}  # a match's call, or an actor's ready call
@@ -265,6 +282,7 @@ class RayExecutor:
             else:
                 actors[i] = actor
             last_group[i] = None
+            idle.discard(i)
             inflight[actor.ready.remote()] = (i, None, time.monotonic())
 
         def next_match(i: int) -> Match | None:
@@ -287,16 +305,26 @@ class RayExecutor:
                     return
                 if on_start is None or on_start(m) is not False:  # False: another driver's, or stored
                     break
+                release(m.key)
             inflight[actors[i].run.remote(m.model_dump(mode="json"), (given or {}).get(m.key))] = (i, m, time.monotonic())
+
+        idle: set[int] = set()  # placed actors that found nothing to do (their work was held)
+
+        def working(i: int) -> bool:
+            return any(j == i and m is not None for j, m, _ in inflight.values())
+
+        def offer(i: int) -> None:  # a placed actor asks for work; without any it waits idle
+            submit(i)
+            (idle.discard if working(i) else idle.add)(i)
 
         def busy() -> bool:  # a match is running, or one waits and some actor is placed or coming
             return any(m is not None for _, m, _ in inflight.values()) or (
-                any(groups.values()) and bool(inflight))
+                (any(groups.values()) or bool(held)) and bool(inflight or idle))
 
         try:
             for _ in range(self.n_workers(len(matches))):
                 start_actor()
-            while busy():
+            while busy() and inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     i, m, _t0 = inflight.pop(ref)
@@ -306,7 +334,7 @@ class RayExecutor:
                         except ray.exceptions.RayError as exc:  # it could not start: the slot stays empty
                             unplaced[0] = f"a Ray worker could not start: {_first_line(exc)}"
                             continue
-                        submit(i)
+                        offer(i)
                         continue
                     try:
                         result = dict(ray.get(ref), attempts=deaths[m.key] + 1)
@@ -314,23 +342,30 @@ class RayExecutor:
                         deaths[m.key] += 1
                         start_actor(i)  # its node may be gone: placed elsewhere, or never
                         if deaths[m.key] <= self.t.max_retries:
-                            groups[(m.restorer.model_dump_json(), m.defense_label)].appendleft(m)
+                            groups[_group(m)].appendleft(m)
                             continue
                         result = failed(m, f"worker died {deaths[m.key]} time(s): {_first_line(exc)}",
                                         deaths[m.key], error=str(exc))
                         on_result(m, result)
+                        release(m.key)
                         continue
                     except ray.exceptions.RayError as exc:
                         result = failed(m, f"{type(exc).__name__}: {_first_line(exc)}", error=str(exc))
                     on_result(m, result)
-                    submit(i)
+                    release(m.key)
+                    offer(i)
                 now = time.monotonic()
                 for ref, (i, m, t0) in list(inflight.items()):
                     if m is not None and now - t0 > self.t.timeout_s:
                         inflight.pop(ref)
                         ray.kill(actors[i], no_restart=True)
                         on_result(m, failed(m, f"timed out after {self.t.timeout_s:g} s"))
+                        release(m.key)
                         start_actor(i)
+                for j in list(idle):  # work released since they asked
+                    offer(j)
+            for key in list(held):  # their sources never ran here: they fail with the rest below
+                release(key)
             for g in groups.values():  # no actor could ever be placed for these
                 while g:
                     m = g.popleft()
@@ -347,6 +382,11 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _group(m: Match) -> tuple[str, str]:
+    """Matches of one system go to the same actor where possible: its models stay warm."""
+    return m.restorer.model_dump_json(), m.defense_label
 
 
 #: Seconds to wait for a TCP answer from ``--address`` before calling the cluster unreachable

@@ -61,6 +61,8 @@ def seed_spread(engine: Engine, tournament_id: int | None = None) -> dict[tuple,
 
 
 COSTS = ("defense_ms_per_mp", "attack_ms_per_mp")
+#: a leaderboard row's measured costs: they differ from run to run where the scores do not
+MEASURED = (*COSTS, "peak_mem_mb")
 
 
 def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
