@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 out=${1:-.whl}
 mkdir -p "$out"
 py=${PYTHON:-.venv/bin/python}
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$out" .
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }  # this machine's pip config names absent folders
+quiet "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$out" .
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
   platforms+=(--platform "$p")
@@ -23,7 +24,7 @@ done
 # pins: the versions this checkout's .venv runs, so that what is measured there is what is tested here
 pins=$("$py" -m pip list --format=freeze 2>/dev/null | grep -iE \
   '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|sqlalchemy|greenlet|adversarial[-_]robustness[-_]toolbox)==')
-"$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+quiet "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d "$out" $pins
 ls -1 "$out"
 du -sh "$out"
