@@ -7,7 +7,11 @@
 #
 # Families train one at a time, on one thread each (two threads on two busy cores were 6x
 # slower per step); run two queues side by side on a two-core machine. Interrupted runs
-# resume from their last checkpoint ($ARENA_CACHE/train/...). The command that produced the README table is this script as is.
+# resume from their last checkpoint ($ARENA_CACHE/train/...). The shipped weights and the
+# README table came from this script at commit c680501, before issue 20 changed what
+# `arena train` does by default (more training photographs, checkpoints chosen on the held-out
+# "val" photographs, fresh pairs cut from the photographs on the device); run it at that commit
+# to rebuild them, or as is for the new recipe. On a GPU: scripts/train_zoo_gpu.sh OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -240,31 +240,52 @@ def evaluate_purifier(purifier: Purifier, clean: torch.Tensor, seed: int = 0,
         report[f"{label}_psnr"] = float(psnr(y, clean).mean())
     a = purifier.alphas_cumprod[purifier.start(t_star)]
     noisy = (a.sqrt() * (2 * clean - 1) + (1 - a).sqrt() * torch.randn(
-        clean.shape, generator=torch.Generator().manual_seed(seed)) + 1) / 2
+        clean.shape, generator=torch.Generator().manual_seed(seed)).to(clean.device) + 1) / 2
     report["noisy_psnr"] = float(psnr(noisy.clamp(0, 1), clean).mean())
     return report
+
+
+def _training_images(size: int, seed: int, scenes: str) -> UDCData:
+    """The UDC inputs of the scene pool's splits, drawn with the run's seed."""
+    from arena.data import load_data
+    from arena.data.augment import SCENES, concat
+
+    if scenes not in SCENES:
+        raise ValueError(f"scenes must be one of {list(SCENES)}, got {scenes!r}")
+    parts = [load_data("embedded", split, size=size, seed=seed) for split in SCENES[scenes]]
+    parts = [p for p in parts if len(p)]
+    return parts[0] if len(parts) == 1 else concat(parts)
 
 
 def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, batch: int = 32,
                    lr: float = 2e-4, max_t_star: float = 0.5, unet: dict[str, Any] | None = None,
                    data: UDCData | None = None, threads: int | None = None,
-                   progress: bool = True, eval_images: int = 8) -> Path:
+                   progress: bool = True, eval_images: int = 8, device: str | None = None,
+                   amp: bool = True, scenes: str = "train",
+                   time_limit: float | None = None) -> Path:
     """Train the purifier on the embedded benchmark's UDC inputs; write safetensors + manifest.
 
     Epsilon-prediction DDPM loss with timesteps drawn uniformly below ``max_t_star`` (purification
     never starts higher, so training there would be wasted), Adam with a cosine learning rate,
     an exponential moving average of the weights (the EMA weights are saved), random flips.
-    Seeded: the same arguments give the same weights on the same machine. Returns the path.
+    ``scenes`` picks the photographs the inputs come from (arena.data.augment.SCENES; never the
+    test split's). On a CUDA device the images live there and, with ``amp``, the forward pass
+    runs under bf16 autocast where the device has it; batches and noise are drawn on the CPU,
+    so a seed means the same draws on any device. ``time_limit`` (seconds) stops a run that is
+    slower than sized, and the manifest says so. Seeded: the same arguments give the same
+    weights on the same machine. Returns the path.
     """
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from arena.defaults import default_device
+
     if threads:
         torch.set_num_threads(threads)
+    dev = default_device(device)
+    autocast = (dev.type == "cuda" and amp and torch.cuda.is_bf16_supported())
     if data is None:
-        from arena.data import load_data
-
-        data = load_data("embedded", split="train", size=size, seed=seed)
+        data = _training_images(size, seed, scenes)
     images = data.lq.float()
     if images.shape[-1] != size or images.shape[-2] != size:
         raise ValueError(f"training images are {tuple(images.shape[-2:])}, expected {size}x{size}")
@@ -274,6 +295,7 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_unet(config)
+    model.to(dev)
     ac = alphas_cumprod(schedule)
     t_max = max(1, round(max_t_star * len(ac)))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -284,14 +306,17 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
     t_start = time.perf_counter()
     running = None
     bar = tqdm(range(steps), desc="train purifier", disable=not progress)
+    done = 0
     for _ in bar:
         idx = torch.randint(0, images.shape[0], (batch,), generator=g)
         x0 = 2 * _augment(images[idx], g) - 1
         t = torch.randint(0, t_max, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         a = ac[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(xt, t).sample, noise)
+        xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = model(xt, t.to(dev)).sample
+        loss = F.mse_loss(pred.float(), noise.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -301,14 +326,19 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
         value = loss.item()
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.set_postfix(loss=f"{running:.4f}")
+        done += 1
+        if time_limit and time.perf_counter() - t_start > time_limit:
+            break
     ema.copy_to(model.parameters())
     model.eval().requires_grad_(False)
     wall = time.perf_counter() - t_start
     manifest: dict[str, Any] = {
         "kind": "diffusion-purifier", "unet": config, "schedule": schedule, "size": size,
-        "max_timestep": t_max - 1, "seed": seed, "steps": steps, "batch": batch, "lr": lr,
+        "max_timestep": t_max - 1, "seed": seed, "steps": done, "batch": batch, "lr": lr,
+        "stopped_early": None if done == steps else {"at": done, "time_limit_s": time_limit},
         "data": {"name": data.name, "split": "train", "version": data.version, "hash": data.hash,
                  "images": int(images.shape[0])},
+        "scenes": scenes, "device": str(dev), "amp": "bf16" if autocast else None,
         "final_loss_ema": running, "train_wall_s": wall, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -316,9 +346,9 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
         from arena.data import load_data
 
         test = load_data("embedded", split="test", images=eval_images, size=size, seed=seed)
-        purifier = Purifier(model, ac, size, t_max - 1, manifest)
-        manifest["eval"] = evaluate_purifier(purifier, test.lq.float(), seed=seed)
-    return save_weights(model, out, manifest)
+        purifier = Purifier(model, ac.to(dev), size, t_max - 1, manifest)
+        manifest["eval"] = evaluate_purifier(purifier, test.lq.float().to(dev), seed=seed)
+    return save_weights(model.cpu(), out, manifest)
 
 
 __all__ = ["DEFAULT_SCHEDULE", "DEFAULT_UNET", "Purifier", "alphas_cumprod", "build_unet",
