@@ -229,3 +229,18 @@ def test_the_manifest_is_json_and_names_its_device(registry, tmp_path):
     path = _run(registry, tmp_path)
     m = json.loads(path.with_suffix(".json").read_text())
     assert m["device"].startswith("cpu:") and m["config"]["amp"] == "auto"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_pairs_are_rendered_there_and_autocast_is_on(registry, tmp_path):
+    from arena.data.augment import ScenePool
+
+    train = load_data("embedded", "train", size=16, seed=0)
+    pool = ScenePool(("train",), 16, train, "cuda")
+    lq, hq, _ = pool.pairs(torch.arange(4), torch.Generator().manual_seed(0), 16)
+    again = pool.pairs(torch.arange(4), torch.Generator().manual_seed(0), 16)
+    assert lq.is_cuda and torch.equal(lq, again[0]) and torch.equal(hq, again[1])
+    m = read_manifest(_run(registry, tmp_path, device="cuda", crop=18, synth_share=1.0))
+    assert m["device"].startswith("cuda:") and m["amp"] in ("bfloat16", "float16")
+    assert len(m["val"]["curve"]) == 2 and m["clean_psnr"] > 0
