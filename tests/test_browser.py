@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -145,6 +146,9 @@ def chromium(binary: str, width: int = 1400, height: int = 1000):
         proc = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             # a second page (tab) keeps its timers: Streamlit's auto-refresh runs in the page
+             "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+             "--disable-backgrounding-occluded-windows",
              f"--user-data-dir={profile}", f"--remote-debugging-port={port}", f"--window-size={width},{height}",
              "about:blank"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -153,6 +157,7 @@ def chromium(binary: str, width: int = 1400, height: int = 1000):
         page = next(t for t in json.loads(_get(f"http://127.0.0.1:{port}/json/list")) if t["type"] == "page")
         with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
             browser = Browser(ws)
+            browser.port = port  # for more pages of the same browser (tab)
             browser.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
                          deviceScaleFactor=1, mobile=False)
             yield browser
@@ -289,65 +294,183 @@ def test_gallery_switches_matches_and_follows_a_leaderboard_row(chromium_binary,
     assert "/gallery?" in url and system in followed["text"]
 
 
-SLOW_TOURNAMENT = """
-import sys, time
-sys.path.insert(0, {tests!r})
-from arena.api import Attack
-from arena.plugins import load_registry
-from arena.run.driver import run_tournament
-from helpers import config, module_with
-
-
-class Slow(Attack):
-    "Sleeps, then leaves the input as it is (a slow tournament for the live test)."
-
-    name = "slow"
-    kind = "decision-free"
-
-    def perturb(self, target, lq, hq, budget, generator):
-        time.sleep(1.5)
-        return lq.clone()
-
-
-t = config(name="live", data={{"name": "embedded", "split": "test", "images": 1, "size": 16}},
-           restorers=["identity"], defenses=["none", "median", "bitdepth"], attacks=["slow"],
-           budgets=[{{"norm": "linf", "eps": f"{{k}}/255"}} for k in (1, 2, 4, 8)], samples_per_match=0)
-run_tournament(t, {db!r}, executor="local", progress=False, registry=load_registry(modules=(module_with(Slow),)))
-"""
-
-
 @pytest.mark.slow
-def test_runs_page_counts_grow_while_a_tournament_runs(chromium_binary, tmp_path):
-    """The dashboard starts before the database exists, then shows a slow tournament's counts
-    growing on the same page, without a reload."""
+def test_curves_csv_is_the_data_behind_the_figures(chromium_binary, small_db, server, tmp_path):
+    import csv
+
+    button = ("Array.from(document.querySelectorAll('[data-testid=stDownloadButton] button'))"
+              ".find(b => b.innerText.includes('These curves (CSV)'))")
+    with chromium(chromium_binary) as browser:
+        browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(tmp_path))
+        browser.open(server + "/curves", lambda s: "PSNR vs attack iterations" in s["text"])
+        click_at(browser, button)
+        path = poll("the CSV is saved", lambda: next(iter(tmp_path.glob("eps_curves_linf.csv")), None), 60, browser)
+    rows = list(csv.DictReader(path.open()))
+    want = [r for r in views.eps_curves(open_reader(small_db), norm="linf") if r["attack"] == "ALL"]
+    assert len(rows) == len(want) == 12 * 3  # 12 systems x (clean, 4/255, 8/255), oblivious only
+    got = {(r["threat"], r["restorer"], r["defense"], r["attack"], round(float(r["eps"]) * 255, 6)):
+           float(r["robust_psnr"]) for r in rows}
+    assert got == pytest.approx({(r["threat"], r["restorer"], r["defense"], r["attack"], round(r["eps"] * 255, 6)):
+                                 r["robust_psnr"] for r in want})
+    assert {r["norm"] for r in rows} == {"linf"}
+
+
+#: a tournament `arena run` takes a while over: 12 PGD matches of many steps, one Ray worker.
+#: Adaptive, so that each defense is attacked anew (oblivious matches share one computation
+#: per budget, arena/run/share.py)
+LIVE_TOML = """
+name = "live"
+threat_models = ["adaptive"]
+workers = 1
+samples_per_match = 0
+[data]
+name = "embedded"
+split = "test"
+images = 1
+size = 16
+[[restorers]]
+name = "identity"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "median"
+[[defenses]]
+name = "bitdepth"
+[[attacks]]
+name = "pgd"
+""" + "".join(f'[[budgets]]\neps = "{k}/255"\nsteps = {{steps}}\n' for k in (1, 2, 4, 8))
+#: PGD iterations per match: 12 matches of 2000 took 20 s under Ray on a shared two-core machine
+LIVE_STEPS = 3000
+BANNER = re.compile(r"A tournament is running: (\d+) of (\d+) matches stored, (\d+) in flight")
+# counts the script runs (full or fragment) the page starts from now on, without reloading it
+COUNT_RUNS = """(() => { window.__runs = 0; if (window.__observed) return true; window.__observed = true;
+  const app = document.querySelector('[data-testid=stApp]');
+  new MutationObserver(ms => ms.forEach(m => { if (app.getAttribute('data-test-script-state') === 'running')
+    window.__runs++; })).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  return true; })()"""
+
+
+@contextmanager
+def tab(browser):
+    """A second page of the same Chromium (its own DevTools connection)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{browser.port}/json/new?about:blank", method="PUT")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        target = json.loads(r.read())
+    with connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+        page = Browser(ws)
+        page.port = browser.port
+        page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+        yield page
+
+
+def poll(what: str, probe, timeout_s: float, page=None, every_s: float = 0.5):
+    """``probe()`` until it returns something truthy (returned); fails after ``timeout_s``,
+    quoting ``page``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if found := probe():
+            return found
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s" + (f"; the page: {page_text(page)[:600]!r}"
+                                                                     if page else ""))
+
+
+def page_text(page) -> str:
+    return json.loads(page.evaluate(STATE) or "{}").get("text", "")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_pages_follow_a_running_tournament_without_a_reload(chromium_binary, tmp_path):
+    """`arena run` (real Ray) on a tournament that lasts a minute or more, and `arena dashboard`
+    started before its database exists. Without any reload, the leaderboard says a tournament
+    is running and its stored count grows, the Runs page's counts grow, the leaderboard ends on
+    the final ranking, and then the pages stop refreshing."""
     db = str(tmp_path / "live.db")
-    script = SLOW_TOURNAMENT.format(tests=str(Path(__file__).parent), db=db)
-    with dashboard_server(db, tmp_path) as url, chromium(chromium_binary) as browser:
-        waiting = browser.open(url + "/runs", lambda s: "No results yet" in s["text"])
-        log = open(tmp_path / "tournament.log", "w")
-        run = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(LIVE_TOML.format(steps=LIVE_STEPS))
+    log = tmp_path / "tournament.log"
+    with dashboard_server(db, tmp_path) as url, chromium(chromium_binary) as board, tab(board) as runs:
+        board.open(url + "/", lambda s: "No results yet" in s["text"])
+        runs.open(url + "/runs", lambda s: "No results yet" in s["text"])
+        with open(log, "w") as out:
+            run = subprocess.Popen([sys.executable, "-m", "arena.cli", "run", str(cfg), "--db", db, "--quiet"],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            seen, end = [], time.monotonic() + 240
-            while time.monotonic() < end and run.poll() is None:
-                counts = json.loads(browser.evaluate(METRICS) or "{}")
-                if counts.get("done") and (not seen or counts != seen[-1]):
-                    seen.append(counts)
-                if (len({c["done"] for c in seen}) >= 2 and any(c["running"] != "0" for c in seen)
-                        and any(c["ETA"] != "—" for c in seen)):
-                    break
-                time.sleep(0.5)
-            loads = browser.evaluate("performance.getEntriesByType('navigation').length")
+            banners, counts = watch_run(run, board, runs, log)
+            assert run.wait(timeout=400) == 0, log.read_text()[-3000:]
         finally:
             _stop(run)
-            log.close()
-    assert "No results yet" in waiting["text"]
-    assert len({c["done"] for c in seen}) >= 2, (seen, (tmp_path / "tournament.log").read_text()[-2000:])
-    assert int(seen[-1]["done"]) > int(seen[0]["done"])  # grew on the same page
-    assert any(c["running"] != "0" for c in seen)
-    assert {c["planned"] for c in seen} == {"12"}  # 3 defenses x 4 budgets, stored when planned
-    assert any(c["ETA"].endswith(" s") for c in seen)
-    assert loads == 1  # one navigation: the counts changed in place
+        expected = views.leaderboard(open_reader(db))
+        first_eps = [r for r in expected if r["eps"] == pytest.approx(expected[0]["eps"])]
+
+        board.call("Page.bringToFront")  # a background page does not draw its data grids (no animation frames)
+
+        def final_board():
+            if "A tournament is" in page_text(board):
+                return None
+            tables = json.loads(board.evaluate(READ_TABLES))
+            return tables if tables and len(tables[0]) == len(first_eps) and tables[0][0][0].isdigit() else None
+
+        tables = poll("the leaderboard shows the final ranking", final_board, 120, board)
+        # a page refreshing every few seconds never has a quiet window: this fails then
+        poll("the leaderboard stops rerunning once the tournament has ended", lambda: quiet_window(board), 90, board)
+        loads = [p.evaluate("performance.getEntriesByType('navigation').length") for p in (board, runs)]
+        final_runs = json.loads(runs.evaluate(METRICS) or "{}")
+    stored = [b[0] for b in banners]
+    assert stored[-1] > stored[0], banners  # the leaderboard's count grew on the same page
+    assert {b[1] for b in banners} == {12}  # 3 defenses x 4 budgets, as planned
+    assert len({c["done"] for c in counts}) >= 2 and int(counts[-1]["done"]) > int(counts[0]["done"])
+    assert any(c["running"] != "0" for c in counts)
+    # once a match is in flight, the total is the one the driver planned (before: nothing stored yet)
+    assert {c["planned"] for c in counts if c["done"] != "0" or c["running"] != "0"} == {"12"}
+    assert any(c["ETA"].endswith(" s") for c in counts)
+    assert final_runs["done"] == "12" and final_runs["running"] == "0"
+    # the page opened before the database ends on the final ranking: rank, system, robust PSNR
+    # (the side-by-side table: rank, restorer, defense, status, clean, oblivious, adaptive, ...)
+    board_rows = tables[0]
+    assert [(r[1], r[2]) for r in board_rows] == [(r["restorer"], r["defense"]) for r in first_eps]
+    assert [r[0] for r in board_rows] == [str(r["rank"]) for r in first_eps]
+    assert [float(r[6].split()[0]) for r in board_rows] == pytest.approx([r["robust_psnr"] for r in first_eps],
+                                                                         abs=0.006)
+    assert loads == [1, 1]  # one navigation per page: everything changed in place
+
+
+def watch_run(run, board, runs, log: Path, timeout_s: float = 400):
+    """Look at both pages every half second while ``run`` goes, never reloading them, until the
+    leaderboard's banner has shown two stored counts, the leaderboard has rerun twice and the
+    Runs page's done count has grown. Returns (banner counts, Runs counts)."""
+    banners: list[tuple[int, int, int]] = []
+    counts: list[dict] = []
+    counting = False
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        text = page_text(board)
+        if (m := BANNER.search(text)) and (not banners or banners[-1][0] != int(m[1])):
+            banners.append((int(m[1]), int(m[2]), int(m[3])))
+        if banners and not counting:  # from the first sight of the running state on
+            counting = board.evaluate(COUNT_RUNS)
+        c = json.loads(runs.evaluate(METRICS) or "{}")
+        if c.get("done") and (not counts or c != counts[-1]):
+            counts.append(c)
+        reruns = board.evaluate("window.__runs || 0") if counting else 0
+        if (len(banners) >= 2 and reruns >= 2 and len({c["done"] for c in counts}) >= 2
+                and any(c["running"] != "0" for c in counts) and any(c["ETA"] != "—" for c in counts)):
+            return banners, counts
+        if run.poll() is not None:
+            raise AssertionError(f"the tournament ended before the pages showed it running: leaderboard "
+                                 f"{banners}, Runs {counts}, reruns {reruns}; page {text[:400]!r}; "
+                                 f"log {log.read_text()[-1500:]!r}")
+        time.sleep(0.5)
+    raise AssertionError(f"not seen running within {timeout_s:.0f} s: leaderboard {banners}, Runs {counts}")
+
+
+def quiet_window(page, window_s: float = 12) -> bool:
+    """The page starts at most one script run in ``window_s`` (one look of the idle check may
+    fall in it); a page refreshing every few seconds never does."""
+    page.evaluate(COUNT_RUNS)
+    time.sleep(window_s)
+    return page.evaluate("window.__runs") <= 1
 
 
 def test_dashboard_command_starts_before_the_database_exists(tmp_path):

@@ -24,8 +24,9 @@ def progress(p: dict) -> None:
     done, failed = c.get("done", 0), c.get("failed", 0) + c.get("disqualified", 0)
     st.subheader("Running now" if p["active"] else "Progress")
     cols = st.columns(7)
-    cols[0].metric("planned", p["planned"] if p["planned"] is not None else p["stored"] + p["running"],
-                   help="as the driver planned its last run (a database from before m006: stored + in flight)")
+    planned = p["planned"] if p["planned"] is not None else "—" if p["active"] else p["stored"] + p["running"]
+    cols[0].metric("planned", planned, help="as the driver planned its last run (— while it plans; a database "
+                   "from before m006: stored + in flight)")
     cols[1].metric("done", done)
     cols[2].metric("running", p["running"], help="claimed by a driver and not yet stored")
     cols[3].metric("failed", failed, help="failed or disqualified")
