@@ -32,8 +32,8 @@ from tqdm import tqdm
 from arena.api import ConfigError, Restorer, run_restorer
 from arena.data import load_data
 from arena.data.augment import (SCENES, Resynthesis, ScenePool, concat, make_batch,
-                                psf_invariant_rot180,
-                                split_validation, training_data, validation_data)
+                                psf_invariant_rot180, split_validation, training_data,
+                                validation_data)
 from arena.data.embedded import PHOTONS, READ_NOISE
 from arena.defaults import cache_dir, default_device
 from arena.plugins import Registry, load_registry
@@ -171,9 +171,10 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
 
     parts = training_data(data, size, data_seeds, data_root, scenes)
     val = validation_data(data, size)
-    train = concat(parts) if val is not None else None
     if val is None:
         train, val = split_validation(parts, VAL_IMAGES, seed)
+    else:
+        train = concat(parts)
     check_psf(restorer, train)
     needs_psf = restorer.needs_psf
     # PSF-conditioned restorers only get augmentations that keep the kernel code true.
@@ -203,7 +204,7 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
     if resume and ckpt.path.exists():
         start, best, info = ckpt.load(model, opt, gen)
         best_val, best_step, elapsed = info["best_val_psnr"], info["best_step"], info["wall_time_s"]
-        curve = info["val_curve"]
+        curve = info.get("val_curve", [])
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup),
@@ -268,9 +269,9 @@ def train_restorer(name: str, steps: int, out_dir: str | Path, seed: int = 0, si
         "amp": None if autocast is None else str(autocast).removeprefix("torch."),
         "augment": "dihedral" if dihedral else ("rot180" if rot180 else "none"),
         "resynthesis": None if synth is None else {
-            "source": type(synth).__name__, "share": synth_share, "exposure": Resynthesis.GAIN, "white_balance": Resynthesis.WHITE,
-            "photons": PHOTONS, "read_noise": READ_NOISE, "psfs": len(synth.codes),
-            "procedural": procedural},
+            "source": type(synth).__name__, "share": synth_share, "exposure": Resynthesis.GAIN,
+            "white_balance": Resynthesis.WHITE, "photons": PHOTONS, "read_noise": READ_NOISE,
+            "psfs": len(synth.codes), "procedural": procedural},
         "test": {"split": "test", "size": size, "seed": 0, "dataset": data},
         "clean_psnr": result["psnr"], "clean_ssim": result["ssim"],
         "input_psnr": result["input_psnr"], "input_ssim": result["input_ssim"],

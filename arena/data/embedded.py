@@ -331,6 +331,9 @@ def load_embedded(split: str = "test", *, images: int | None = None, size: int =
     path = cache_path(split, size, seed, cache_dir)
     meta = {"version": VERSION, "source": source_digest(), "split": split, "size": size,
             "seed": seed}
+    if any(name in OPTIONAL for name in PHOTOS.get(split, ())):
+        # a file written before an optional package was installed (or after it went) is stale
+        meta["photos"] = available_photos(split)
     data = _read_cache(path, meta)
     if data is None:
         arrays = generate(split, size, seed)
