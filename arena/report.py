@@ -153,7 +153,8 @@ def _heatmaps(engine, tid, rows, path: Path, floor_in_scale: bool = False) -> Pa
     budgets = list(_by_budget(rows))
     restorers = sorted({r["restorer"] for r in rows})
     fig, axes = plt.subplots(len(budgets), len(restorers), squeeze=False,
-                             figsize=(4.2 * len(restorers), 3.4 * len(budgets)))
+                             figsize=(4.2 * len(restorers), 3.8 * len(budgets)),
+                             gridspec_kw={"hspace": 0.45})
     panels = {(b, restorer): views.matrix(engine, tid, restorer=restorer, threat=b[0], norm=b[1], eps=b[2])
               for b in budgets for restorer in restorers}
     noise = {a["attack"] for a in views.attack_ranking(engine, tid) if a["attack_kind"] == "decision-free"}
@@ -167,7 +168,7 @@ def _heatmaps(engine, tid, rows, path: Path, floor_in_scale: bool = False) -> Pa
     if image is not None:
         fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="robust PSNR (dB)",
                      extend="neither" if floor_in_scale else "both")
-    fig.suptitle("Robust PSNR (dB), attack × defense (clean: no attack; ALL: worst case over attacks); one colour "
+    fig.suptitle("Robust PSNR (dB), attack × defense (clean: no attack; ALL: worst case over attacks)\none colour "
                  "scale" + ("" if floor_in_scale else ", without the noise floor and the clean row (clamped)"))
     return _save(fig, path)
 
