@@ -31,7 +31,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   quiet "$PY" -m pip install -q ${ARENA_TORCH:-torch==2.13.0}
 fi
-quiet "$PY" -m pip install -q -e ".[test]"
+quiet "$PY" -m pip install -q -e ".[test,scenes]"  # scenes: the training pool is the same on every machine
 # the `pretrained` extra without its declared torchvision, which would replace this torch build
 # and does not import beside the CPU one (README, "Bring your own restorer")
 # shellcheck disable=SC2046
