@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,26 +56,19 @@ def main() -> None:
     registry = load_registry()
     matches = plan(t, registry)
     print(f"{len(matches)} matches, {computations(matches, registry)} attack computations")
-    boards, walls, cpus = {}, {}, {}
+    boards, walls = {}, {}
     with tempfile.TemporaryDirectory() as d:
         for share in (False, True):  # each in a fresh interpreter: neither inherits the other's warm-up
             out = Path(d) / f"share-{share}.json"
             code = ("import json, os, sys, time; sys.argv = sys.argv[:1]; from benchmarks.bench_share import one; "
                     f"json.dump(one({args.config!r}, {args.images!r}, {args.restorers!r}, {args.executor!r}, "
                     f"{share!r}, {d!r}), open({str(out)!r}, 'w'), default=str)")
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            # the run's processes and those they waited for (Ray's workers end with its raylet):
-            # on cores shared with other jobs this moves less than the wall time
-            cpus[share] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             walls[share], boards[share] = json.loads(out.read_text())
     strip = lambda rows: json.dumps([{k: v for k, v in r.items() if k not in views.MEASURED}  # noqa: E731
                                      for r in rows], sort_keys=True)
     print(f"wall time: every match attacks {walls[False]:.1f} s, shared {walls[True]:.1f} s "
           f"({walls[True] / walls[False]:.2f}x)")
-    print(f"CPU time:  every match attacks {cpus[False]:.1f} s, shared {cpus[True]:.1f} s "
-          f"({cpus[True] / cpus[False]:.2f}x)")
     print("leaderboards identical (timings aside):", strip(boards[False]) == strip(boards[True]))
 
 
