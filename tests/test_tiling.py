@@ -271,8 +271,8 @@ def test_a_512px_tournament_scores_the_same_tiled_and_untiled(tmp_path, monkeypa
     weighted pixel is computed as untiled. The stored scores then differ by float rounding
     only, through the attacks' gradients too: measured 1.9e-6 dB and 3e-8 SSIM at most
     (benchmarks/bench_tiling.py --part tournament --images 1), against 3.6e-2 dB and 2e-3 for
-    256 px tiles overlapping by 32, which these tolerances refuse. About 4 min of wall time on
-    two shared cores (the driver's probes and fresh re-scoring process included)."""
+    256 px tiles overlapping by 32, which these tolerances refuse. 3 min of wall time (1.5 min
+    of CPU) on two shared cores, the driver's probes and fresh re-scoring process included."""
     import arena.tiling
 
     calls = []
