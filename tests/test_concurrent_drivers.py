@@ -127,3 +127,50 @@ def test_a_claim_is_atomic_and_a_dead_drivers_claim_is_taken_over(tmp_path):
     write.release_claims(engine, a)
     with engine.connect() as conn:
         assert sorted(conn.execute(select(models.claims.c.key)).scalars()) == ["k3"]
+
+
+def test_a_running_driver_renews_its_claims_past_their_lease(tmp_path, monkeypatch):
+    """A match that takes longer than the lease stays claimed while its driver lives (the
+    heartbeat), so a driver on another host cannot take it over; once the driver has left, its
+    claims are gone."""
+    import threading
+
+    from arena.api import Attack
+    from arena.run import driver
+    from helpers import config, registry_with
+
+    class Sleepy(Attack):
+        name = "sleepy"
+
+        def perturb(self, target, lq, hq, budget, generator):
+            time.sleep(3.0)  # six leases long
+            return lq.clone()
+
+    monkeypatch.setattr(driver, "CLAIM_LEASE_S", 0.5)
+    db = str(tmp_path / "h.db")
+    foreign = "another-host:1:nonce"  # on another host: only its lease can say it is gone
+    seen: list[str] = []
+
+    def other_driver() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with open_reader(db).connect() as conn:
+                    held = conn.execute(select(models.claims.c.key)).scalars().first()
+            except Exception:  # noqa: BLE001 - the database is not there yet
+                held = None
+            if held:
+                time.sleep(1.5)  # three leases after the claim was made
+                seen.append(write.claim(open_writer(db), held, foreign, 0.5))
+                return
+            time.sleep(0.05)
+
+    t = config(attacks=["sleepy"], threat_models=["oblivious"], data={"name": "embedded", "images": 1, "size": 16})
+    probe = threading.Thread(target=other_driver)
+    probe.start()
+    report = driver.run_tournament(t, db, executor="local", progress=False, registry=registry_with(Sleepy))
+    probe.join()
+    assert seen == ["elsewhere"]  # renewed: without the heartbeat the lease was over and it was "mine"
+    assert report.counts["done"] == report.planned
+    with open_reader(db).connect() as conn:
+        assert conn.execute(select(models.claims.c.key)).scalars().all() == []

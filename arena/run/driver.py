@@ -10,6 +10,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -176,8 +177,10 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     root = results_dir(db).resolve()  # absolute, so the dashboard finds samples from any cwd
     bar = tqdm(total=len(todo), desc="matches", unit="match", disable=not progress, dynamic_ncols=True)
     running: set[str] = set()
-    owner, lease = write.driver_id(), claim_lease_s(t)
+    owner, lease = write.driver_id(), CLAIM_LEASE_S
     elsewhere: list[Match] = []  # claimed by another driver on this database
+    heartbeat = ClaimHeartbeat(engine, owner, lease)
+    heartbeat.start()
 
     def on_start(m: Match) -> bool:
         """Claim ``m`` before it runs; False: skip it (stored meanwhile, or another driver's)."""
@@ -239,6 +242,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
     finally:
         bar.close()
         ex.close()
+        heartbeat.stop()
         write.release_claims(engine, owner)
         refresh_flags(engine, tid)
     return report
@@ -250,10 +254,31 @@ ELSEWHERE = "by another driver"
 CLAIM_POLL_S = 2.0
 
 
-def claim_lease_s(t: Tournament) -> float:
-    """How long a claim holds without its result: the longest a match may take with its retries,
-    plus a minute. A driver that died on this host frees its claims at once (its pid is gone)."""
-    return t.timeout_s * (t.max_retries + 1) + 60
+#: how long a claim holds unless its driver renews it: a live driver renews its claims every
+#: third of this (ClaimHeartbeat), so one that died on another host holds its matches for at
+#: most this long (on this host, at once: its pid is gone)
+CLAIM_LEASE_S = 120.0
+
+
+class ClaimHeartbeat(threading.Thread):
+    """Renews a driver's claims every third of their lease while it runs, however long its
+    matches take. A beat that fails (the database busy) is skipped: the next one renews."""
+
+    def __init__(self, engine, owner: str, lease_s: float):
+        super().__init__(name="arena-claims", daemon=True)
+        self.engine, self.owner, self.lease_s = engine, owner, lease_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.lease_s / 3):
+            try:
+                write.renew_claims(self.engine, self.owner, self.lease_s)
+            except Exception:  # noqa: BLE001 - a missed beat; the lease has two more in it
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
 
 
 #: what a match that reuses another's attack computation takes from its result

@@ -249,6 +249,13 @@ def claim(engine: Engine, key: str, owner: str, lease_s: float, retry_failed: bo
     return "mine" if taken == 1 else claim(engine, key, owner, lease_s, retry_failed)
 
 
+def renew_claims(engine: Engine, owner: str, lease_s: float) -> int:
+    """Extend ``owner``'s claims to ``lease_s`` from now (a live driver's heartbeat); how many."""
+    with engine.begin() as conn:
+        return conn.execute(update(m.claims).where(m.claims.c.owner == owner)
+                            .values(expires_at=_now() + timedelta(seconds=lease_s))).rowcount
+
+
 def release_claims(engine: Engine, owner: str) -> None:
     """Drop ``owner``'s claims (the driver is leaving; what it did not store is free again)."""
     with engine.begin() as conn:
