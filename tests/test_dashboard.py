@@ -557,6 +557,16 @@ def test_live_progress_says_when_a_tournament_is_active(live_copy):
         conn.execute(update(models.tournaments).values(updated_at=now - timedelta(seconds=2 * live.ACTIVE_GRACE_S)))
         conn.execute(update(models.matches).values(finished_at=old, started_at=old - 1))
     assert not live.progress(reader, tid)["active"]
+    key = queries.matches(reader, tid)[0]["key"]
+    with writer.begin() as conn:  # re-scoring at the end: a driver still holds a stored match's claim
+        conn.execute(models.claims.insert().values(key=key, owner="h:1:x", expires_at=now + timedelta(hours=1)))
+        conn.execute(update(models.matches).where(models.matches.c.key == key).values(verified=None))
+        conn.execute(update(models.tournaments).where(models.tournaments.c.id == tid).values(planned=done["stored"]))
+    rescoring = live.progress(reader, tid)
+    assert rescoring["active"] and rescoring["running"] == 0 and rescoring["held"] == 1
+    with writer.begin() as conn:  # verified: finished, whatever the driver still holds
+        conn.execute(update(models.matches).where(models.matches.c.key == key).values(verified=True))
+    assert not live.progress(reader, tid)["active"]
     mark = live.stamp(reader)
     with writer.begin() as conn:  # a fresh re-score's verdict changes what the pages show
         conn.execute(update(models.matches).where(models.matches.c.verified.is_(True)).values(verified=False))

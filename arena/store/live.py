@@ -5,11 +5,11 @@ on matches not yet stored; a driver drops its claims when it leaves. The planned
 the driver stored when it planned the run (``tournaments.planned``, m006); with every
 tournament chosen, it is their sum.
 
-A driver holds no claim while Ray starts, while it builds hardened weights and while it
-re-scores the finished matches at the end, yet the leaderboard still changes then. So a
-tournament is *active* while a claim is held, or while its matches are not all stored and
-verified and it last wrote something less than :data:`ACTIVE_GRACE_S` ago. The dashboard
-refreshes its pages while one is active (dashboard/common.py).
+A tournament whose matches are not all stored and verified is *active* while a driver is
+there: while it holds a claim (it keeps the claims of the matches it stored until it leaves, so
+also while it re-scores the finished matches at the end), or, before its first claim (Ray
+starting, hardened weights being built), if it last wrote less than :data:`ACTIVE_GRACE_S`
+ago. The dashboard refreshes its pages while one is active (dashboard/common.py).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def progress(engine: Engine, tournament_id: int | None = None) -> dict[str, Any]
     counts = {r["status"]: r["n"] for r in fetch(engine, scope(
         select(mt.c.status, func.count().label("n")), tournament_id).group_by(mt.c.status))}
     now = datetime.now(timezone.utc)
-    claims = fetch(engine, select(cl.c.key, cl.c.expires_at).where(cl.c.key.not_in(select(mt.c.key))))
-    running = sum(1 for c in claims if _aware(c["expires_at"]) > now)
+    stored_keys = {r["key"] for r in fetch(engine, select(mt.c.key).where(mt.c.key.in_(select(cl.c.key))))}
+    held = [c["key"] for c in fetch(engine, select(cl.c.key, cl.c.expires_at)) if _aware(c["expires_at"]) > now]
+    running = sum(1 for k in held if k not in stored_keys)
     unverified = and_(mt.c.status == "done", mt.c.verified.is_not(True))
     times = fetch(engine, scope(select(func.min(mt.c.started_at).label("first"),
                                        func.max(mt.c.finished_at).label("last"),
@@ -46,14 +47,14 @@ def progress(engine: Engine, tournament_id: int | None = None) -> dict[str, Any]
         totals = totals.where(tt.c.id == tournament_id)
     totals = fetch(engine, totals)[0]
     planned = totals["planned"]
-    out = {"counts": counts, "stored": stored, "running": running, "planned": planned,
+    out = {"counts": counts, "stored": stored, "running": running, "held": len(held), "planned": planned,
            "unverified": times["unverified"] or 0, "first_started": times["first"],
            "last_finished": times["last"], "now": time.time(), "rate_per_min": None, "eta_s": None}
     started = _aware(totals["updated"]).timestamp() if totals["updated"] else None
     out["last_write"] = max((t for t in (times["last"], started) if t is not None), default=None)
     unfinished = planned is None or stored < planned or out["unverified"] > 0
-    out["active"] = bool(running) or (unfinished and out["last_write"] is not None
-                                      and out["now"] - out["last_write"] < ACTIVE_GRACE_S)
+    recent = out["last_write"] is not None and out["now"] - out["last_write"] < ACTIVE_GRACE_S
+    out["active"] = bool(running) or (unfinished and (bool(held) or recent))
     if running and times["first"] and times["last"] and times["last"] > times["first"]:
         finished = stored - counts.get("skipped", 0)
         out["rate_per_min"] = 60 * finished / (times["last"] - times["first"])
