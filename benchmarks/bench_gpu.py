@@ -106,16 +106,17 @@ class Utilisation:
         self._read = self._reader() if device.startswith("cuda") else None
 
     def _reader(self):
+        index = int(self.device.partition(":")[2] or 0)
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
         except Exception:  # noqa: BLE001 - no NVML: ask nvidia-smi
             if not shutil.which("nvidia-smi"):
                 return None
-            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(index)]
             return lambda: float(subprocess.run(cmd, capture_output=True, text=True).stdout.split()[0])
 
     def __enter__(self):
@@ -139,27 +140,32 @@ class Utilisation:
         return statistics.mean(inside) if inside else None
 
 
-def run_drivers(args, k: int, folder: Path) -> dict:
-    """k drivers at once on one database, each its own process: wall time, utilisation, scores."""
+def run_drivers(args, k: int, folder: Path, cache: Path) -> dict:
+    """k drivers at once on one database, each its own process: wall time, utilisation, scores.
+    ``cache``: one folder for every run, so the embedded data is made once, by the warm-up."""
     import resource
 
     config = folder / f"k{k}.toml"
     config.write_text(config_text(args, f"bench-gpu-k{k}"))
     db = folder / f"k{k}.db"
-    env = {**os.environ, "ARENA_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "ARENA_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "arena.cli", "run", str(config), "--db", str(db), "--executor", "local",
            "--device", args.device, "--quiet"]
+    logs = [folder / f"driver-{i}.log" for i in range(k)]  # files, not pipes: a full pipe would stall a driver
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with Utilisation(args.device) as util:
         t0 = time.perf_counter()
-        procs = [subprocess.Popen(cmd, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(k)]
-        outs = [p.communicate()[0] for p in procs]
+        procs = []
+        for log in logs:
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(cmd, env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait()
         wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for p, out in zip(procs, outs):
+    for p, log in zip(procs, logs):
         if p.returncode != 0:
-            raise SystemExit(f"a driver of k = {k} failed (exit {p.returncode}):\n{out[-3000:]}")
+            raise SystemExit(f"a driver of k = {k} failed (exit {p.returncode}):\n{log.read_text()[-3000:]}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     scores, start, end = stored(db)
     util = util.mean(start, end) if args.device.startswith("cuda") else 100 * cpu / (wall * os.cpu_count())
@@ -194,13 +200,13 @@ def tournament_section(args) -> None:
     print(f"   {'k':>3} {'span s':>9} {'wall s':>9} {'matches/h':>11} {unit:>11} {'speed-up':>9}  scores")
     base = None
     with tempfile.TemporaryDirectory() as d:
-        warm = Path(d) / "warm"
+        warm, cache = Path(d) / "warm", Path(d) / "cache"
         warm.mkdir()
-        run_drivers(args, 1, warm)  # first use of the weights, caches and the device: not timed
-        for k in args.concurrency:
+        run_drivers(args, 1, warm, cache)  # makes the data cache, warms the file cache: not timed
+        for k in args.concurrency:  # each driver is a new process: it pays its own CUDA start-up
             folder = Path(d) / f"k{k}"
             folder.mkdir()
-            r = run_drivers(args, k, folder)
+            r = run_drivers(args, k, folder, cache)
             base = base or r
             same = "same as k=1" if r["scores"] == base["scores"] else _difference(base["scores"], r["scores"])
             util = f"{r['util']:.0f}" if r["util"] is not None else "n/a"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for running benchmarks/bench_gpu.py on an accelerator host that has torch (with CUDA),
 # numpy, scipy, scikit-image, pillow, safetensors, pluggy, click, tqdm and matplotlib but not
-# the rest of udc-arena's requirements, and no network. Run here (with network), then carry the
-# folder there and install it:
+# the rest of udc-arena's requirements (nor PyWavelets, for the training scenes), and no
+# network. Run here (with network), then carry the folder there and install it:
 #
 #   benchmarks/gpu_wheels.sh .whl            # here: the project's own wheel plus the missing ones
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
@@ -23,7 +23,7 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manyl
 done
 # pins: the versions this checkout's .venv runs, so that what is measured there is what is tested here
 pins=$("$py" -m pip list --format=freeze 2>/dev/null | grep -iE \
-  '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|sqlalchemy|greenlet|adversarial[-_]robustness[-_]toolbox)==')
+  '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|sqlalchemy|greenlet|adversarial[-_]robustness[-_]toolbox|pywavelets)==')
 quiet "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d "$out" $pins
 ls -1 "$out"

@@ -24,15 +24,15 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM i
 @linux
 def test_peak_memory_window_sees_what_was_allocated_inside_it_and_resets():
     big = 256 * 2**20  # bytes
-    with PeakMemory(torch.device("cpu")) as before:
-        pass
+    kept = torch.ones(big // 4)  # held before the window opens: not the window's
     with PeakMemory(torch.device("cpu")) as during:
         x = torch.ones(big // 4)  # touched pages: resident
         del x
     with PeakMemory(torch.device("cpu")) as after:  # the high-water mark was reset
         pass
-    assert during.mb - before.mb > 0.9 * big / 2**20
-    assert after.mb < during.mb - 0.9 * big / 2**20
+    del kept
+    assert 0.9 * big / 2**20 < during.mb < 1.5 * big / 2**20
+    assert after.mb < 0.1 * big / 2**20
 
 
 class Hungry(Attack):
@@ -41,7 +41,7 @@ class Hungry(Attack):
     name = "hungry"
 
     def perturb(self, target, lq, hq, budget, generator):
-        scratch = torch.ones(200 * 2**20 // 4)  # 200 MiB, resident while it lives
+        scratch = torch.ones(400 * 2**20 // 4)  # 400 MiB, resident while it lives
         x = self.ascend(lq, target.loss_grad(lq, hq)[1], budget.eps, budget)
         del scratch
         return self.project(x, lq, budget)
@@ -57,19 +57,23 @@ def test_every_match_stores_its_own_peak_memory_and_attack_cost(tmp_path):
     with open_reader(db).connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(select(m.matches))]
     peaks = {(r["defense"], r["threat"], r["attack"]): r["peak_mem_mb"] for r in rows}
-    assert all(p is not None and p > 50 for p in peaks.values())  # the interpreter and torch at least
-    # each match's window starts afresh: a hungry match that attacked peaks 200 MiB above the
-    # fgsm one of its system, though all ran on one worker (the mark is reset per match)
+    assert all(p is not None and p >= 0 for p in peaks.values())
+    # each match's window starts afresh: a hungry match that attacked peaks 400 MiB above the
+    # fgsm one of its system, though all ran on one worker (the mark is reset per match), and
+    # a reused batch costs no attack memory
     for system in (("none", "oblivious"), ("jpeg", "adaptive")):  # the two that computed
-        assert peaks[(*system, "hungry")] - peaks[(*system, "fgsm")] > 180
+        assert peaks[(*system, "hungry")] - peaks[(*system, "fgsm")] > 300
+    assert peaks[("jpeg", "oblivious", "hungry")] < 100
     megapixels = 2 * 16 * 16 / 1e6
+    by_key = {r["key"]: r for r in rows}
+    reused = [r for r in rows if (r["protocol"] or {}).get("computed_in")]
+    assert len(reused) == 4  # oblivious jpeg and adaptive none reused oblivious none's batches
     for r in rows:
-        if (r["protocol"] or {}).get("computed_in"):  # another match's batch: nothing attacked here
-            assert r["attack_ms_per_mp"] is None
+        source = (r["protocol"] or {}).get("computed_in")
+        if source:  # another match's batch: what computing it cost there
+            assert r["time_attack_s"] == 0 and r["attack_ms_per_mp"] == by_key[source]["attack_ms_per_mp"]
         else:
             assert r["attack_ms_per_mp"] == pytest.approx(1000 * r["time_attack_s"] / megapixels)
-    computed = [r for r in rows if r["attack_ms_per_mp"] is not None]
-    assert len(computed) == 4  # oblivious jpeg and adaptive none reused oblivious none's batches
     board = views.leaderboard(open_reader(db))
     for row in board:
         mine = [r for r in rows if (r["defense"], r["threat"]) == (row["defense"], row["threat"])]

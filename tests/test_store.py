@@ -128,16 +128,16 @@ def test_old_database_is_migrated_and_keeps_its_rows(tmp_path):
     engine = open_writer(path)
     tid = write.upsert_tournament(engine, config_hash="h", name="t", config={})
     write.write_result(engine, tid, _match("k1", "A"), [_score("i1", 30, 20)])
-    with engine.begin() as conn:  # make it look like a database written before m002
-        for col in ("node", "started_at", "finished_at"):
+    with engine.begin() as conn:  # make it look like a database written before m002 (and m012)
+        for col in ("node", "started_at", "finished_at", "attack_ms_per_mp"):
             conn.execute(text(f"ALTER TABLE matches DROP COLUMN {col}"))
-        conn.execute(text("DELETE FROM schema_migrations WHERE name = 'm002_match_placement'"))
+        conn.execute(text("DELETE FROM schema_migrations WHERE name IN ('m002_match_placement', 'm012_attack_cost')"))
     engine.dispose()
     with pytest.raises(SchemaError, match="differs"):
         open_reader(path)
     migrated = open_writer(path)
     cols = {c["name"] for c in inspect(migrated).get_columns("matches")}
-    assert {"node", "started_at", "finished_at"} <= cols
+    assert {"node", "started_at", "finished_at", "attack_ms_per_mp"} <= cols
     assert views.leaderboard(open_reader(path))[0]["robust_psnr"] == pytest.approx(20)
 
 

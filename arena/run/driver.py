@@ -283,7 +283,7 @@ class ClaimHeartbeat(threading.Thread):
 
 #: what a match that reuses another's attack computation takes from its result
 SHARED = ("key", "adv", "trace", "start_grad", "gradient_calls", "eot_used", "evaluations",
-          "evaluation_limit", "moved_db", "converged", "protocol")
+          "evaluation_limit", "moved_db", "converged", "protocol", "attack_ms_per_mp")
 
 
 def run_shared(ex, matches: list[Match], data, hardened, on_result, on_start, registry: Registry | None) -> None:

@@ -161,7 +161,7 @@ class Worker:
         outcome.timings["total"] = time.perf_counter() - t0
         outcome.peak_mem_mb = peak.mb
         return {"key": match.key, "device": self.device_name(), "node": ray_node(), **outcome.__dict__,
-                "defense_ms_per_mp": self._clean_cost(match), "attack_ms_per_mp": self._attack_cost(outcome),
+                "defense_ms_per_mp": self._clean_cost(match), "attack_ms_per_mp": self._attack_cost(outcome, given),
                 "started_at": started, "finished_at": time.time()}
 
     def _run(self, match: Match, given: dict[str, Any] | None = None) -> Outcome:
@@ -198,11 +198,14 @@ class Worker:
         outcome.probes = checks
         return outcome
 
-    def _attack_cost(self, outcome: Outcome) -> float | None:
-        """The attack's own milliseconds per megapixel of the match's images (None when the
-        batch was another match's: nothing was attacked here)."""
+    def _attack_cost(self, outcome: Outcome, given: dict[str, Any] | None) -> float | None:
+        """The attack's milliseconds per megapixel of the match's images; for a batch another
+        match computed, what computing it cost there (so sharing leaves every row's cost
+        comparable)."""
+        if (outcome.protocol or {}).get("computed_in"):
+            return (given or {}).get("attack_ms_per_mp")
         seconds = outcome.timings.get("attack")
-        if (outcome.protocol or {}).get("computed_in") or seconds is None or outcome.status != "done":
+        if seconds is None or outcome.status != "done":
             return None
         n, _, h, w = self.data.lq.shape
         return 1000 * seconds / (n * h * w / 1e6)

@@ -67,8 +67,8 @@ MEASURED = (*COSTS, "peak_mem_mb")
 
 def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
     """Per system and budget, over its done matches: the median defense and attack time per
-    megapixel (each timed warm, so a median is not moved by the first match's start-up) and
-    the largest peak memory."""
+    megapixel (the defense timed on a second, warm pass; the attacks as they ran, so the
+    median keeps one cold start from moving the row) and the largest peak memory."""
     mt = m.matches
     stmt = scope(select(*(mt.c[g] for g in GROUP), *(mt.c[c] for c in COSTS), mt.c.peak_mem_mb),
                  tournament_id).where(mt.c.status == "done")
