@@ -339,8 +339,9 @@ name = "bitdepth"
 [[attacks]]
 name = "pgd"
 """ + "".join(f'[[budgets]]\neps = "{k}/255"\nsteps = {{steps}}\n' for k in (1, 2, 4, 8))
-#: PGD iterations per match: 12 matches of 2000 took 20 s under Ray on a shared two-core machine
-LIVE_STEPS = 3000
+#: PGD iterations per match: 12 matches of 2000 took 20 s under Ray on a shared two-core machine, of
+#: 3000 as little as 15 s on a quieter one
+LIVE_STEPS = 5000
 BANNER = re.compile(r"A tournament is running: (\d+) of (\d+) matches stored, (\d+) in flight")
 # counts the script runs (full or fragment) the page starts from now on, without reloading it
 COUNT_RUNS = """(() => { window.__runs = 0; if (window.__observed) return true; window.__observed = true;

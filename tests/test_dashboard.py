@@ -532,6 +532,9 @@ def test_live_progress_says_when_a_tournament_is_active(live_copy):
     from arena.store import live
 
     db, tid = live_copy
+    fresh = str(Path(db).with_name("fresh.db"))
+    open_writer(fresh)  # a driver has just created its database: no tournament row yet
+    assert live.progress(open_reader(fresh))["active"]
     reader, writer = open_reader(db), open_writer(db)
     done = live.progress(reader, tid)
     assert done["stored"] == done["planned"] and done["unverified"] == 0
@@ -556,6 +559,8 @@ def test_live_progress_says_when_a_tournament_is_active(live_copy):
     with writer.begin() as conn:  # the same, but its driver last wrote long ago: not running
         conn.execute(update(models.tournaments).values(updated_at=now - timedelta(seconds=2 * live.ACTIVE_GRACE_S)))
         conn.execute(update(models.matches).values(finished_at=old, started_at=old - 1))
+        conn.execute(update(models.schema_migrations).values(
+            applied_at=now - timedelta(seconds=2 * live.ACTIVE_GRACE_S)))
     assert not live.progress(reader, tid)["active"]
     key = queries.matches(reader, tid)[0]["key"]
     with writer.begin() as conn:  # re-scoring at the end: a driver still holds a stored match's claim

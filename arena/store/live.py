@@ -7,9 +7,9 @@ tournament chosen, it is their sum.
 
 A tournament whose matches are not all stored and verified is *active* while a driver is
 there: while it holds a claim (it keeps the claims of the matches it stored until it leaves, so
-also while it re-scores the finished matches at the end), or, before its first claim (Ray
-starting, hardened weights being built), if it last wrote less than :data:`ACTIVE_GRACE_S`
-ago. The dashboard refreshes its pages while one is active (dashboard/common.py).
+also while it re-scores the finished matches at the end), or, before its first claim (the
+database just created, Ray starting, hardened weights being built), if it last wrote less than
+:data:`ACTIVE_GRACE_S` ago. The dashboard refreshes its pages while one is active (dashboard/common.py).
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def progress(engine: Engine, tournament_id: int | None = None) -> dict[str, Any]
     out = {"counts": counts, "stored": stored, "running": running, "held": len(held), "planned": planned,
            "unverified": times["unverified"] or 0, "first_started": times["first"],
            "last_finished": times["last"], "now": time.time(), "rate_per_min": None, "eta_s": None}
-    started = _aware(totals["updated"]).timestamp() if totals["updated"] else None
-    out["last_write"] = max((t for t in (times["last"], started) if t is not None), default=None)
+    # a driver creates the database (its migrations' time), then its tournament row, then results
+    created = fetch(engine, select(func.max(m.schema_migrations.c.applied_at).label("t")))[0]["t"]
+    writes = [times["last"], *(_aware(t).timestamp() for t in (totals["updated"], created) if t)]
+    out["last_write"] = max((t for t in writes if t is not None), default=None)
     unfinished = planned is None or stored < planned or out["unverified"] > 0
     recent = out["last_write"] is not None and out["now"] - out["last_write"] < ACTIVE_GRACE_S
     out["active"] = bool(running) or (unfinished and (bool(held) or recent))
