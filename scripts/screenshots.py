@@ -1,4 +1,4 @@
-"""Screenshots of the dashboard for README.md and docs/: leaderboard, gallery, curves.
+"""Screenshots of the dashboard for README.md and docs/: leaderboard, gallery, matrix, curves.
 
     .venv/bin/python scripts/screenshots.py arena-results/arena.db docs/
 
@@ -24,6 +24,7 @@ from test_browser import chromium, dashboard_server, find_chromium  # noqa: E402
 PAGES = {  # name: (path, ready, height of the shot)
     "leaderboard": ("/", lambda s: s["frames"] >= 2, 1500),
     "gallery": ("/gallery", lambda s: s["images"] >= 6, 1300),
+    "matrix": ("/matrix", lambda s: "one per restorer" in s["text"] and s["frames"] >= 1, 1000),
     "curves": ("/curves", lambda s: "PSNR vs attack iterations" in s["text"], 1100),
 }
 

@@ -50,11 +50,13 @@ if scaled.empty:  # only noise attacks were run: nothing else to scale by
     scaled = data
 domain = [float(scaled["robust_psnr"].min()), float(scaled["robust_psnr"].max())]
 
-# the panels share the page's width (about 820 px beside the sidebar); long defense names tilt
+# the panels share the page's width (about 820 px beside the sidebar); long defense names tilt,
+# every one shown (Vega would drop those whose boxes overlap)
 panel_px = max(160, 820 // len(restorers) - 20)
-tilt = 0 if panel_px / len(columns) >= 7 * max(len(c) for c in columns) else -35
+tilt = 0 if panel_px / len(columns) >= 7 * max(len(c) for c in columns) else -40
 base = alt.Chart().encode(
-    x=alt.X("defense:N", title="defense", sort=columns, axis=alt.Axis(labelAngle=tilt, orient="top")),
+    x=alt.X("defense:N", title="defense", sort=columns,
+            axis=alt.Axis(labelAngle=tilt, orient="top", labelOverlap=False, labelLimit=160)),
     y=alt.Y("attack:N", title="attack", sort=order),
 )
 heat = base.mark_rect().encode(
@@ -76,7 +78,8 @@ chart = alt.layer(heat, labels, data=data).properties(width=panel_px, height=row
 st.altair_chart(chart)
 
 st.caption("The same cells as tables, one per restorer (dB).")
-boxes = st.columns(len(restorers)) if len(restorers) <= 3 else [st.container() for _ in restorers]
+# side by side while two fit the page's width; stacked beyond (no column cut off)
+boxes = st.columns(len(restorers)) if len(restorers) <= 2 else [st.container() for _ in restorers]
 for restorer, box in zip(restorers, boxes):
     part = data[data["restorer"] == restorer]
     table = part.pivot(index="attack", columns="defense", values="robust_psnr") \
