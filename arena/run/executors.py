@@ -141,9 +141,10 @@ class RayExecutor:
 
     Matches of the same restorer and defense go to the same actor where possible, so its models
     and clean restorations stay warm. An actor gets work only once the cluster has placed it, so
-    a run never waits on resources another job (or a lost node) holds. A match whose actor died
-    (its node lost) is retried on the other actors, ``max_retries`` times; one still failing, or
-    past ``timeout_s``, is recorded as failed.
+    a run never waits on resources another job (or a lost node) holds while any of its workers
+    can go on; when none is placed for ``timeout_s``, what is left fails, saying so. A match whose
+    actor died (its node lost) is retried on the other actors, ``max_retries`` times; one still
+    failing, or past ``timeout_s``, is recorded as failed.
     """
 
     name = "ray"
@@ -321,10 +322,18 @@ class RayExecutor:
             return any(m is not None for _, m, _ in inflight.values()) or (
                 (any(groups.values()) or bool(held)) and bool(inflight or idle))
 
+        def stalled() -> bool:  # nothing runs or can: every worker asked for has waited past timeout_s
+            now = time.monotonic()
+            if idle or any(m is not None or now - t0 <= self.t.timeout_s for _, m, t0 in inflight.values()):
+                return False
+            unplaced[0] = (f"no Ray worker could be placed within timeout_s ({self.t.timeout_s:g} s): "
+                           "the cluster's resources are held by other work or its nodes are gone")
+            return True
+
         try:
             for _ in range(self.n_workers(len(matches))):
                 start_actor()
-            while busy() and inflight:
+            while busy() and inflight and not stalled():
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     i, m, _t0 = inflight.pop(ref)
