@@ -493,7 +493,7 @@ def data_check(fmt, root):
               "the extra ones installed packages ship")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
               show_default=True, help="autocast precision (auto: bf16 or fp16 on CUDA, off on CPU)")
-@click.option("--time-limit", type=float, default=None,
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="seconds of training after which the run stops early (a safety net)")
 @click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
 @click.option("--threads", type=int, default=None)

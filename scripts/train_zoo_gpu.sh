@@ -29,7 +29,7 @@ for shipped in plugins/restorers/weights plugins/defenses/weights; do
     exit 2
   fi
 done
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}  # an accelerator host has no .venv
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-64}
 CROP=${CROP:-128}

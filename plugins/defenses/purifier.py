@@ -269,8 +269,8 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
     never starts higher, so training there would be wasted), Adam with a cosine learning rate,
     an exponential moving average of the weights (the EMA weights are saved), random flips.
     ``scenes`` picks the photographs the inputs come from (arena.data.augment.SCENES; never the
-    test split's). On a CUDA device the images live there and, with ``amp``, the forward pass
-    runs under bf16 autocast where the device has it; batches and noise are drawn on the CPU,
+    test split's). The images stay on the CPU and each batch moves to the device; with ``amp``
+    on a CUDA device the forward pass runs under bf16 autocast where the device has it; batches and noise are drawn on the CPU,
     so a seed means the same draws on any device. ``time_limit`` (seconds) stops a run that is
     slower than sized, and the manifest says so. Seeded: the same arguments give the same
     weights on the same machine. Returns the path.
@@ -336,7 +336,7 @@ def train_purifier(steps: int, out: str | Path, seed: int = 0, size: int = 32, b
         "kind": "diffusion-purifier", "unet": config, "schedule": schedule, "size": size,
         "max_timestep": t_max - 1, "seed": seed, "steps": done, "batch": batch, "lr": lr,
         "stopped_early": None if done == steps else {"at": done, "time_limit_s": time_limit},
-        "data": {"name": data.name, "split": "train", "version": data.version, "hash": data.hash,
+        "data": {"name": data.name, "split": scenes, "version": data.version, "hash": data.hash,
                  "images": int(images.shape[0])},
         "scenes": scenes, "device": str(dev), "amp": "bf16" if autocast else None,
         "final_loss_ema": running, "train_wall_s": wall, "threads": torch.get_num_threads(),
