@@ -34,9 +34,11 @@ if not rows:
     st.info("No scored matches for this selection yet.")
     st.stop()
 
-# while a tournament is active, a system with fewer stored matches than the others at its
-# budget has matches not yet run: it is marked incomplete and left unranked
-if live["active"]:
+# while a tournament is active and matches are known to be still to come (claims held, or fewer
+# stored than planned), a system with fewer stored matches than the others at its budget has
+# matches not yet run: it is marked incomplete and left unranked
+to_come = live["held"] or (live["planned"] is not None and live["stored"] < live["planned"])
+if live["active"] and to_come:
     most: dict[tuple, int] = {}
     for r in rows:
         k = (r["threat"], r["norm"], r["eps"])
