@@ -65,8 +65,7 @@ def main() -> None:
                     f"{share!r}, {d!r}), open({str(out)!r}, 'w'), default=str)")
             subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
             walls[share], boards[share] = json.loads(out.read_text())
-    strip = lambda rows: json.dumps([{k: v for k, v in r.items() if k not in views.MEASURED}  # noqa: E731
-                                     for r in rows], sort_keys=True)
+    strip = lambda rows: json.dumps(views.scores_only(rows), sort_keys=True)  # noqa: E731
     print(f"wall time: every match attacks {walls[False]:.1f} s, shared {walls[True]:.1f} s "
           f"({walls[True] / walls[False]:.2f}x)")
     print("leaderboards identical (timings aside):", strip(boards[False]) == strip(boards[True]))

@@ -105,12 +105,4 @@ name = "fgsm"
 '''
 
 
-def scores_only(rows: list[dict], digits: int | None = None) -> list[dict]:
-    """Leaderboard rows without their measured costs (time, memory: they differ run to run),
-    floats rounded to ``digits`` if given: what two runs of one tournament must agree on."""
-    from arena.store.views import MEASURED
-
-    def value(v):
-        return round(v, digits) if digits is not None and isinstance(v, float) else v
-
-    return [{k: value(v) for k, v in r.items() if k not in MEASURED} for r in rows]
+from arena.store.views import scores_only  # noqa: E402,F401 - re-exported for the tests

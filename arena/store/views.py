@@ -65,6 +65,15 @@ COSTS = ("defense_ms_per_mp", "attack_ms_per_mp")
 MEASURED = (*COSTS, "peak_mem_mb")
 
 
+def scores_only(rows: list[dict], digits: int | None = None) -> list[dict]:
+    """Leaderboard rows without their measured costs (time, memory: they differ run to run),
+    floats rounded to ``digits`` if given: what two runs of one tournament must agree on."""
+    def value(v):
+        return round(v, digits) if digits is not None and isinstance(v, float) else v
+
+    return [{k: value(v) for k, v in r.items() if k not in MEASURED} for r in rows]
+
+
 def defense_costs(engine: Engine, tournament_id: int | None = None) -> list[dict[str, Any]]:
     """Per system and budget, over its done matches: the median defense and attack time per
     megapixel (the defense timed on a second, warm pass; the attacks as they ran, so the
