@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from arena.api import ConfigError, describe_validation_error
 from arena.plugins import Registry
@@ -43,7 +43,8 @@ class Spec(BaseModel):
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = "embedded"
-    split: Literal["train", "test"] = "test"
+    #: "val": the embedded benchmark's held-out photographs, for choosing settings (never test)
+    split: Literal["train", "val", "test"] = "test"
     root: str | None = None
     images: int | None = Field(8, ge=1, le=100_000)
     size: int = Field(32, ge=8, le=4096)
@@ -57,6 +58,13 @@ class DataSpec(BaseModel):
         if v not in DATASETS:
             raise ValueError(f"must be one of {', '.join(DATASETS)}")
         return v
+
+    @model_validator(mode="after")
+    def _val_is_embedded(self):
+        if self.split == "val" and self.name != "embedded":
+            raise ValueError(f"split 'val' exists only for the embedded dataset, not '{self.name}' "
+                             "(use train or test)")
+        return self
 
 
 class Tournament(BaseModel):

@@ -3,7 +3,13 @@ attacks (FGSM, PGD-10 with 2 restarts, noise), under `standard`, and under `stan
 iterations, queries and EOT draws doubled, side by side with wall time.
 
     .venv/bin/python benchmarks/bench_suite.py [--restorers unet nafnet] [--defenses none jpeg]
-        [--eps 4 8] [--threats oblivious adaptive] [--images 8] [--size 32]
+        [--eps 4 8] [--threats oblivious adaptive] [--images 8] [--size 32] [--split val]
+    .venv/bin/python benchmarks/bench_suite.py --config configs/standard.toml   # its world
+
+--config takes the restorers and defenses (with their parameters) from a tournament config;
+--restorers/--defenses then pick among them by name. The images come from the embedded
+benchmark's held-out "val" photographs by default, so iterations are chosen without reading
+the test split (--split test reports on it).
 
 A suite version is converged when the last two columns agree within 0.1 dB on every system
 (issue "The standard evaluation"). Prints; asserts nothing.
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,11 +39,25 @@ def doubled(suite):
         replace(a, steps=a.steps and 2 * a.steps, queries=a.queries and 2 * a.queries) for a in suite.attacks))
 
 
+def _name(entry) -> str:
+    return entry if isinstance(entry, str) else entry["name"]
+
+
+def world(args) -> tuple[list, list]:
+    """The restorers and defenses to run: names, or a config's entries picked by name."""
+    if not args.config:
+        return args.restorers or ["unet", "nafnet"], args.defenses or ["none", "jpeg"]
+    raw = tomllib.loads(Path(args.config).read_text())
+    pick = lambda entries, names: [e for e in entries if not names or _name(e) in names]  # noqa: E731
+    return pick(raw.get("restorers", []), args.restorers), pick(raw.get("defenses", ["none"]), args.defenses)
+
+
 def run(args, attacks, steps: int = 10) -> tuple[float, dict[tuple, float]]:
+    restorers, defenses = world(args)
     t = parse_config({
         "name": "bench-suite", "threat_models": args.threats, "eot_samples": args.eot,
-        "data": {"name": "embedded", "images": args.images, "size": args.size},
-        "restorers": args.restorers, "defenses": args.defenses, "attacks": attacks,
+        "data": {"name": "embedded", "split": args.split, "images": args.images, "size": args.size},
+        "restorers": restorers, "defenses": defenses, "attacks": attacks,
         "budgets": [{"eps": f"{e}/255", "steps": steps} for e in args.eps], "samples_per_match": 0,
     })
     with tempfile.TemporaryDirectory() as d:
@@ -50,8 +71,11 @@ def run(args, attacks, steps: int = 10) -> tuple[float, dict[tuple, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--restorers", nargs="+", default=["unet", "nafnet"])
-    p.add_argument("--defenses", nargs="+", default=["none", "jpeg"])
+    p.add_argument("--config", help="take restorers and defenses from this tournament config")
+    p.add_argument("--restorers", nargs="+", help="names (default: unet nafnet, or all of --config's)")
+    p.add_argument("--defenses", nargs="+", help="names (default: none jpeg, or all of --config's)")
+    p.add_argument("--split", default="val", choices=["val", "test"],
+                   help="embedded split (val: held out for choosing settings)")
     p.add_argument("--eps", nargs="+", type=int, default=[4, 8], help="radii in 1/255")
     p.add_argument("--threats", nargs="+", default=["oblivious"])
     p.add_argument("--eot", type=int, default=2)

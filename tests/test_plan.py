@@ -31,6 +31,7 @@ def test_keys_are_stable_and_defaults_normalised(arena_registry):
     ({"budgets": [{"norm": "l3"}]}, ["norm", "'linf' or 'l2'"]),
     ({"restorers": []}, ["restorers", "at least one"]),
     ({"colour": "red"}, ["colour", "unknown parameter"]),
+    ({"data": {"name": "poled", "split": "val", "root": "."}}, ["split 'val'", "embedded", "train or test"]),
     ({"defenses": [{"name": "jpeg>none", "quality": 3}]}, ["chain", "quality", "tables named after its links"]),
 ])
 def test_bad_config_is_one_line_naming_what_is_wrong(arena_registry, change, words):
@@ -107,3 +108,22 @@ def test_several_seeds_plan_one_match_each(arena_registry):
     matches = plan(config(seeds=[0, 1, 2]), arena_registry)
     assert len(matches) == 8 * 3 and {m.seed for m in matches} == {0, 1, 2}
     assert len({m.key for m in matches}) == len(matches)
+
+
+def test_the_val_split_is_held_out_photographs_a_tournament_can_run_on(tmp_path, arena_registry):
+    """Settings (a suite's iterations) are chosen on "val", never by reading the test split."""
+    from arena.data import load_data
+    from arena.run.driver import run_tournament
+    from arena.store import views
+    from arena.store.db import open_reader
+
+    val = load_data("embedded", "val", images=4, size=16)
+    test = load_data("embedded", "test", images=4, size=16)
+    photo = lambda ids: {i.split("-")[0] for i in ids}  # noqa: E731
+    assert photo(val.ids).isdisjoint(photo(test.ids))
+    t = parse_config({**SMALL, "data": {**SMALL["data"], "split": "val"},
+                      "restorers": ["identity"], "defenses": ["none"], "attacks": ["fgsm"]})
+    db = str(tmp_path / "v.db")
+    run_tournament(t, db, executor="local", progress=False, registry=arena_registry)
+    rows = views.leaderboard(open_reader(db))
+    assert len(rows) == 1 and rows[0]["robust_psnr"] is not None

@@ -112,3 +112,21 @@ class Nothing(Attack):
 
     def perturb(self, target, lq, hq, budget, generator):
         return lq.clone()
+
+
+def test_the_convergence_benchmark_takes_a_configs_world_on_held_out_images():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_suite", root / "benchmarks" / "bench_suite.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(config=str(root / "configs" / "standard.toml"), restorers=["unet"],
+                              defenses=["diffpure", "none"])
+    restorers, defenses = bench.world(args)
+    assert restorers == [{"name": "unet"}]
+    assert defenses == [{"name": "none"}, {"name": "diffpure", "sampler": "ddim", "steps": 5, "t_star": 0.1}]
+    assert bench.world(argparse.Namespace(config=None, restorers=None, defenses=None)) == (
+        ["unet", "nafnet"], ["none", "jpeg"])
