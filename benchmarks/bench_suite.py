@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
 import arena.suite as suite_module
-from arena.plan import parse_config
+from arena.plan import parse_config, read_config
 from arena.plugins import load_registry
 from arena.run.driver import run_tournament
 from arena.store import views
@@ -47,13 +46,13 @@ def world(args) -> tuple[list, list]:
     """The restorers and defenses to run: names, or a config's entries picked by name."""
     if not args.config:
         return args.restorers or ["unet", "nafnet"], args.defenses or ["none", "jpeg"]
-    raw = tomllib.loads(Path(args.config).read_text())
+    t = read_config(args.config)  # validated: a bad config is one line
     pick = lambda entries, names: [e for e in entries if not names or _name(e) in names]  # noqa: E731
-    return pick(raw.get("restorers", []), args.restorers), pick(raw.get("defenses", ["none"]), args.defenses)
+    return pick(t.restorers, args.restorers), pick(t.defenses, args.defenses)
 
 
 def run(args, attacks, steps: int = 10) -> tuple[float, dict[tuple, float]]:
-    restorers, defenses = world(args)
+    restorers, defenses = args.world
     t = parse_config({
         "name": "bench-suite", "threat_models": args.threats, "eot_samples": args.eot,
         "data": {"name": "embedded", "split": args.split, "images": args.images, "size": args.size},
@@ -82,6 +81,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--size", type=int, default=32)
     args = p.parse_args()
+    args.world = world(args)
     base = suite_module.SUITES["standard"]
     t_old, old = run(args, OLD_DEFAULT)
     t_std, std = run(args, ["standard"])
