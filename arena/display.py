@@ -38,6 +38,11 @@ def eps_label(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
+def attack_variant(attack: str, frozen: bool = False, escalated: bool = False) -> str:
+    """The attack's name, told apart from its frozen and escalated runs (arena/suite.py)."""
+    return attack + (" (frozen)" if frozen else "") + (" (escalated)" if escalated else "")
+
+
 def strip_ansi(text: str | None) -> str | None:
     """``text`` without terminal escape codes (a plugin's coloured traceback), for display;
     the stored text is left as it was written."""

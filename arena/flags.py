@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
+from arena.display import attack_variant
 from arena.store import models as m
 from arena.store.sql import GROUP, fetch, scope
 
@@ -123,9 +124,8 @@ def _system(r: dict[str, Any]) -> tuple:
 
 
 def _variant(r: dict[str, Any]) -> str:
-    """The attack, told apart from its frozen and escalated runs (arena/suite.py)."""
     spec = r.get("spec") or {}
-    return r["attack"] + (" frozen" if spec.get("frozen") else "") + (" escalated" if spec.get("escalate") else "")
+    return attack_variant(r["attack"], spec.get("frozen"), spec.get("escalate"))
 
 
 def _beaten(attacks: dict[str, dict[str, Any]], per_image) -> list[tuple[dict[str, Any], list[str]]]:

@@ -144,11 +144,10 @@ class Match(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def label(self) -> str:
-        return (
-            f"{self.restorer.name} | {self.defense_label} | {self.attack.name}"
-            f"{' (frozen)' if self.frozen else ''}{' (escalated)' if self.escalate else ''} | "
-            f"{self.threat} {self.budget.label()}"
-        )
+        from arena.display import attack_variant
+
+        return (f"{self.restorer.name} | {self.defense_label} | "
+                f"{attack_variant(self.attack.name, self.frozen, self.escalate)} | {self.threat} {self.budget.label()}")
 
 
 def read_config(path: str | Path) -> Tournament:

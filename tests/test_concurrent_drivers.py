@@ -31,8 +31,16 @@ DRIVER = r"""
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
 from arena.api import Attack
+from arena.run import driver
 from arena.run.driver import run_tournament
 from helpers import config, registry_with
+
+rescored = []  # the matches this driver re-scored
+_rescore = driver._rescore
+def counting(engine, rows, *args):
+    rescored.extend(r["key"] for r in rows)
+    return _rescore(engine, rows, *args)
+driver._rescore = counting
 
 class Slow(Attack):
     name = "slow"
@@ -47,7 +55,8 @@ go = {go!r}
 while not os.path.exists(go):
     time.sleep(0.05)
 report = run_tournament(t, {db!r}, executor="local", progress=False, registry=registry)
-print(json.dumps({{"planned": report.planned, "counts": dict(report.counts), "resumed": report.resumed}}))
+print(json.dumps({{"planned": report.planned, "counts": dict(report.counts), "resumed": report.resumed,
+                  "rescored": rescored}}))
 """
 
 
@@ -75,10 +84,14 @@ def check_split(db: str, reports: list[dict]) -> None:
     assert all(d > 0 for d in done), reports  # and both drivers did some of the work
     for r in reports:  # what a driver did not compute, it saw stored by the other
         assert r["counts"].get("done", 0) + r["counts"].get("by another driver", 0) + r["resumed"] == planned, r
+    rescored = [k for r in reports for k in r["rescored"]]
     engine = open_reader(db)
     with engine.connect() as conn:
         keys = conn.execute(select(models.matches.c.key)).scalars().all()
         assert len(keys) == len(set(keys)) == planned
+        # each match re-scored once, by one of the two drivers, and every one of them verified
+        assert sorted(rescored) == sorted(keys), [len(r["rescored"]) for r in reports]
+        assert conn.execute(select(models.matches.c.verified)).scalars().all() == [True] * planned
         assert conn.execute(select(models.claims)).all() == []  # each driver released its claims
         names = conn.execute(select(models.schema_migrations.c.name)).scalars().all()
         assert len(names) == len(set(names))

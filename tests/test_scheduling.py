@@ -86,7 +86,9 @@ class M:
         return {"key": self.key}
 
 
-def run(monkeypatch, matches, after=None, workers=2, placed=lambda i: True, dies=(), timeout_s=30.0):
+def run(monkeypatch, matches, after=None, workers=2, placed=lambda i: True, dies=(), timeout_s=30.0,
+        size=None):
+    """``size(now)``: how many workers the cluster fits at that simulated time (default ``workers``)."""
     ray = FakeRay()
     monkeypatch.setattr(executors, "time", types.SimpleNamespace(monotonic=lambda: ray.now))
     monkeypatch.setattr(executors, "failed", lambda m, reason, attempts=1, error=None:
@@ -95,9 +97,10 @@ def run(monkeypatch, matches, after=None, workers=2, placed=lambda i: True, dies
     ex.t = types.SimpleNamespace(timeout_s=timeout_s, max_retries=1, num_cpus=1, num_gpus=0,
                                  workers=workers, samples_per_match=0)
     ex.ray, ex._owns_ray = ray, False
-    ex.n_workers = lambda n: min(workers, n)
+    ex.n_workers = lambda n: min(size(ray.now) if size else workers, n)
     count, dying = itertools.count(), set(dies)
     ex._actor = lambda data, hardened: Actor(ray, placed(next(count)), dying)
+    ray.actors = count
     results, given = {}, {}
 
     def on_result(m, r):
@@ -141,3 +144,13 @@ def test_a_run_whose_only_worker_cannot_be_replaced_ends_within_timeout_s(monkey
     assert all(r["status"] == "failed" and "could be placed within timeout_s (30 s)" in r["reason"]
                for r in results.values())
     assert ray.now < 40
+
+
+def test_a_node_that_joins_mid_run_gets_workers_and_shortens_the_run(monkeypatch):
+    # the cluster fits one worker until t = 6, then three (a node joined); ten 2-second matches
+    matches = [M(f"m{i}", "none") for i in range(10)]
+    results, ray = run(monkeypatch, matches, workers=1, size=lambda now: 1 if now < 6 else 3)
+    assert all(r["status"] == "done" for r in results.values()) and len(results) == 10
+    assert next(ray.actors) == 3  # two more workers started: none before the node joined, none beyond it
+    starts = sorted(t for t, _, _ in ray.submitted)
+    assert sum(t < 6 for t in starts) <= 3 and ray.now < 15  # one worker alone would take 20 s

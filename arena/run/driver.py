@@ -238,7 +238,7 @@ def run_tournament(t: Tournament, db: str, *, executor: str = "ray", address: st
             bar.total += len(more)
             ex.run(more, data, hardened, on_result, on_start)
         bar.close()
-        report.counts.update(rescore_tournament(engine, tid, ex, registry, hardened, t))
+        report.counts.update(rescore_tournament(engine, tid, ex, registry, hardened, t, owner, lease))
     finally:
         bar.close()
         ex.close()
@@ -326,13 +326,36 @@ def escalations(engine, tid: int, matches: list[Match]) -> list[Match]:
 
 
 def rescore_tournament(engine, tid: int, ex, registry: Registry, hardened: dict[str, str],
-                       t: Tournament) -> Counter:
+                       t: Tournament, owner: str | None = None, lease_s: float = CLAIM_LEASE_S) -> Counter:
     """The score that counts: every finished match's stored adversarial batch is scored again by
     freshly built systems in one fresh process. A system whose fresh scores differ
-    from the warm worker's by more than STATEFUL_TOLERANCE_DB is disqualified as stateful."""
+    from the warm worker's by more than STATEFUL_TOLERANCE_DB is disqualified as stateful.
+
+    With an ``owner`` (a driver that shares the database), each match's re-scoring is claimed
+    first: two drivers split it, and one waits for what another re-scores, taking over from a
+    driver that died."""
+    counts: Counter = Counter()
+    while True:
+        rows = [r for r in write.unverified(engine, tid) if r["adv"] is not None]
+        if owner is None:
+            return counts + _rescore(engine, rows, ex, registry, hardened)
+        mine = [r for r in rows if write.claim(engine, RESCORE + r["key"], owner, lease_s) == "mine"]
+        counts += _rescore(engine, mine, ex, registry, hardened)
+        if len(mine) == len(rows):
+            return counts
+        time.sleep(CLAIM_POLL_S)  # another driver re-scores the rest: wait until they are stored
+
+
+#: the claim key of a match's re-scoring: the match key after this prefix
+RESCORE = "rescore:"
+
+
+def _rescore(engine, rows: list[dict[str, Any]], ex, registry: Registry, hardened: dict[str, str]) -> Counter:
+    """Re-score ``rows`` (unverified done matches with their batches), by system."""
     from arena.match import STATEFUL_TOLERANCE_DB, warm_gap
 
-    rows = [r for r in write.unverified(engine, tid) if r["adv"] is not None]
+    if not rows:
+        return Counter()
     systems: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         r["match"] = Match(**r["spec"])

@@ -324,16 +324,29 @@ class RayExecutor:
 
         def stalled() -> bool:  # nothing runs or can: every worker asked for has waited past timeout_s
             now = time.monotonic()
-            if idle or any(m is not None or now - t0 <= self.t.timeout_s for _, m, t0 in inflight.values()):
-                return False
-            unplaced[0] = (f"no Ray worker could be placed within timeout_s ({self.t.timeout_s:g} s): "
-                           "the cluster's resources are held by other work or its nodes are gone")
-            return True
+            return not idle and all(m is None and now - t0 > self.t.timeout_s for _, m, t0 in inflight.values())
+
+        grown = [time.monotonic()]
+
+        def grow() -> None:  # nodes that joined since the start get workers too
+            if time.monotonic() - grown[0] < GROW_EVERY_S or idle:
+                return
+            grown[0] = time.monotonic()
+            if any(m is None for _, m, _ in inflight.values()):  # a worker asked for is not placed yet
+                return
+            waiting = sum(len(g) for g in groups.values())
+            for _ in range(self.n_workers(len(actors) + waiting) - len(actors) if waiting else 0):
+                start_actor()
 
         try:
             for _ in range(self.n_workers(len(matches))):
                 start_actor()
-            while busy() and inflight and not stalled():
+            while busy() and inflight:
+                if stalled():
+                    unplaced[0] = (f"no Ray worker could be placed within timeout_s ({self.t.timeout_s:g} s): "
+                                   "the cluster's resources are held by other work or its nodes are gone")
+                    break
+                grow()
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     i, m, _t0 = inflight.pop(ref)
@@ -391,6 +404,11 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+#: Seconds between two looks at the cluster's size while matches wait (a node that joins mid-run
+#: gets workers at the next look).
+GROW_EVERY_S = 2.0
 
 
 def _group(m: Match) -> tuple[str, str]:

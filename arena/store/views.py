@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
-from arena.display import one_line
+from arena.display import attack_variant, one_line
 from arena.flags import tournament_flags
 from arena.store import models as m
 from arena.store.sql import GROUP, counted, fetch, scope
@@ -473,7 +473,7 @@ def convergence_curves(engine: Engine, tournament_id: int | None = None, *, norm
         trace = r["trace"] or []
         if objective not in ("mse", "mse_clean") or len(trace) < 2:
             continue
-        label = r["attack"] + (" (frozen)" if r["frozen"] else "") + (" (escalated)" if r["escalated"] else "")
+        label = attack_variant(r["attack"], r["frozen"], r["escalated"])
         best = -math.inf
         for k, loss in enumerate(trace, 1):
             best = max(best, loss)
