@@ -140,3 +140,11 @@ def test_train_parses_its_options_and_writes_weights(tmp_path):
     assert (config["steps"], config["size"], config["batch"], config["synth_share"]) == (4, 16, 2, 0.0)
     bad = CliRunner().invoke(main, ["train", "unet", "--param", "width"])
     assert bad.exit_code == 1 and "--param takes key=value, got 'width'" in bad.output
+
+
+def test_the_train_commands_scene_choices_are_the_trainers():
+    # the CLI lists them by hand (importing arena.data.augment at start-up would load torch)
+    from arena.data.augment import SCENES
+
+    listed = {name: p.type.choices for name, c in main.commands.items() for p in c.params if p.name == "scenes"}
+    assert listed and all(list(choices) == list(SCENES) for choices in listed.values()), listed
