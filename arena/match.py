@@ -323,6 +323,33 @@ class Watch:
         return None
 
 
+def replay_problem(ledger) -> str | None:
+    """Replay the attack's sampled white-box evaluations without gradients, each under the
+    generator state it drew from: a system that computes another function when it is being
+    differentiated (``torch.is_grad_enabled()``, ``x.requires_grad``) misleads every gradient
+    attack and is scored on what it computes otherwise. Which calls are replayed is drawn from
+    the operating system's entropy (arena.threat.REPLAYS), so the system cannot know."""
+    from arena.threat import REPLAY_ATOL
+
+    for system, x, state, rows, out in ledger.replays:
+        try:
+            with torch.no_grad():
+                y = x.clone()
+                if state is not None:
+                    g = torch.Generator(device="cpu")
+                    g.set_state(state)
+                    y = system.purify(y, g)
+                again = system.restore(y, rows)
+        except SystemFault as exc:
+            return f"the system failed when an attacked evaluation was replayed without gradients: {exc}"
+        gap = float((again - out).abs().max()) if again.shape == out.shape else float("inf")
+        if not gap <= REPLAY_ATOL:
+            return (f"the system computes another function under gradients: an attacked evaluation "
+                    f"replayed without gradients (same input and generator state) differs by {gap:.3g} "
+                    f"(tolerance {REPLAY_ATOL:g})")
+    return None
+
+
 def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean: Clean, *,
              samples: int = 0, surrogates: Callable | None = None, watch: Watch | None = None,
              models: dict[int, torch.nn.Module] | None = None,
@@ -385,6 +412,9 @@ def evaluate(match: Match, system: System, attack: Attack, data: UDCData, clean:
             return _judged(outcome, "disqualified", "attack", problem, caught)
         if ledger.fault:
             return _judged(outcome, "failed", "system", ledger.fault, caught)
+        cheat = replay_problem(ledger)
+        if cheat:
+            return _judged(outcome, "disqualified", "system", cheat, caught)
         if escalated is None and can_escalate and _masked(target.start_grad):
             escalated = (f"start gradient {'non-finite' if not target.start_grad['finite'] else 'zero'} "
                          "under the declared rules")

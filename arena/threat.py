@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
+import random
 import re
 
 import torch
@@ -218,12 +219,25 @@ def objective_loss(objective: str, out: torch.Tensor, ref: torch.Tensor) -> torc
     raise ValueError(f"unknown objective '{objective}' (allowed: mse, mse_clean, l1, ssim)")
 
 
+#: White-box evaluations kept for replay (arena.match.replay_problem): the first, and a
+#: uniformly random sample of the others, drawn from the operating system's entropy so that no
+#: plugin can tell which of its calls are checked (the draw changes no result).
+REPLAYS = 4
+_CHOOSER = random.SystemRandom()
+#: how far a replayed output may differ from the attacked one (kernel choice on accelerators)
+REPLAY_ATOL = 1e-4
+
+
 class Ledger:
     """The arena's record of one attack: what it spent and the first rule it broke or fault it
     met. Held by the worker and shared by the oracles of the match (a transfer attack's
     surrogates spend from the same bound); attacks see read-only views of it."""
 
     def __init__(self, images: int = 0):
+        #: sampled white-box evaluations: (system, its input, the generator's state or None,
+        #: rows, the output the attack got), replayed without gradients after the attack
+        self.replays: list[tuple] = []
+        self.calls = 0
         self.queries = torch.zeros(images, dtype=torch.long) if images else None
         self.evaluations = 0  # rows through forward, each EOT draw counted
         self.model_rows: dict[int, int] = {}  # id(model) -> rows the oracles passed to it
@@ -233,6 +247,20 @@ class Ledger:
         #: the attack asked for something that depends on the defended system (a query, the
         #: defended clean output): its batch cannot be shared with other defenses (arena/run/share.py)
         self.saw_system = False
+
+    def replay_slot(self) -> int | None:
+        """Where to keep this white-box evaluation for replay, if it is sampled."""
+        self.calls += 1
+        if self.calls <= REPLAYS:
+            return self.calls - 1
+        j = _CHOOSER.randrange(self.calls - 1)  # reservoir over every call after the first
+        return j + 1 if j < REPLAYS - 1 else None
+
+    def keep(self, slot: int, entry: tuple) -> None:
+        if slot < len(self.replays):
+            self.replays[slot] = entry
+        else:
+            self.replays.append(entry)
 
 
 class QueryTarget:
@@ -444,9 +472,16 @@ class Target(QueryTarget):
 
         def run():
             y = self._input(x, rows)
-            if attacks_defense(self.threat):
-                y = self._system.purify_differentiable(y, self._draw(), bpda=self._bpda)
-            return self._restore(y, rows)
+            g = self._draw() if attacks_defense(self.threat) else None
+            slot = self._ledger.replay_slot()
+            if slot is not None:  # what this evaluation saw, to replay it without gradients
+                seen = (y.detach().clone(), None if g is None else g.get_state())
+            if g is not None:
+                y = self._system.purify_differentiable(y, g, bpda=self._bpda)
+            out = self._restore(y, rows)
+            if slot is not None:
+                self._ledger.keep(slot, (self._system, *seen, rows, out.detach().clone()))
+            return out
         return self._run(run)
 
     def _record_start(self, grad: torch.Tensor) -> None:

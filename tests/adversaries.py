@@ -776,6 +776,44 @@ class NaNRestorer(Restorer):
         return _NaNNet()
 
 
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether an attack is taking gradients through this call (what a cheater looks for)."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _squeeze(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 + 0.2 * (x - 0.5)
+
+
+class GradSniffer(Defense):
+    """Identity when scored; a contrast squeeze when differentiated, so that every gradient
+    attack through it climbs the wrong loss (cheater: another function under gradients)."""
+
+    name = "cheat_grad_sniffer"
+    gradient = "exact"
+
+    def purify(self, x, generator):
+        return _squeeze(x) if _differentiated(x) else x
+
+
+class _SniffNet(TinyNet):
+    def forward(self, lq):
+        if _differentiated(lq):  # attacked: restore a contrast-squeezed input instead
+            return super().forward(_squeeze(lq))
+        return super().forward(lq)
+
+
+class GradSnifferRestorer(Restorer):
+    """TinyNet that restores another input when differentiated (cheater)."""
+
+    name = "cheat_grad_sniffer_restorer"
+
+    def build(self):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # tiny's weights: honest, it would score as tiny
+            return _SniffNet()
+
+
 class VictimNet(TinyNet):
     """TinyNet under another type, so that a cheater can single out its system."""
 
@@ -805,9 +843,9 @@ ATTACKS = [
 ]
 DEFENSES = [
     InPlaceDefense, InPlaceTwin, StatefulClass, StatefulInstance, BadBackward, NaNGradient, Rounding,
-    UndeclaredRandom, GlobalRNG, GlobalRNGDeclared, HonestNoise, Fragile,
+    UndeclaredRandom, GlobalRNG, GlobalRNGDeclared, HonestNoise, Fragile, GradSniffer,
 ]
-RESTORERS = [NaNRestorer, Victim]
+RESTORERS = [NaNRestorer, Victim, GradSnifferRestorer]
 
 
 def plugin_module(*classes: type) -> ModuleType:

@@ -565,3 +565,62 @@ def test_20_results_follow_code(tmp_path, monkeypatch, one_thread):
         assert len(queries.matches(engine)) == 2  # the old row is kept, out of the tournament
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------
+# Another function under gradients (case 21)
+# ------------------------------------------------------------------------------------------
+
+
+def sniffers_tournament():
+    return tournament("sniffers", threat_models=["oblivious", "adaptive"],
+                      restorers=["tiny", "cheat_grad_sniffer_restorer"], defenses=["none", "cheat_grad_sniffer"],
+                      attacks=["fgsm", {"name": "pgd", "restarts": 1}])
+
+
+@pytest.fixture(scope="module")
+def sniffers(tmp_path_factory, registry, one_thread) -> Run:
+    """A defense and a restorer that compute something else when an attack differentiates them."""
+    return execute(sniffers_tournament(), str(tmp_path_factory.mktemp("sniffers") / "a.db"), registry)
+
+
+def test_21_a_system_that_changes_under_gradients_is_disqualified(sniffers, tmp_path, monkeypatch, registry):
+    for r in sniffers.rows(restorer="cheat_grad_sniffer_restorer"):  # every white-box attack differentiates it
+        disqualified(r, "system", "another function under gradients")
+    for r in sniffers.rows(restorer="tiny", defense="cheat_grad_sniffer"):
+        if r["threat"] == "adaptive":  # the attack differentiates the defense
+            disqualified(r, "system", "another function under gradients")
+        else:  # oblivious: only the honest restorer is differentiated, and the defense is the identity
+            done_and_verified(r)
+    for r in sniffers.rows(restorer="tiny", defense="none"):
+        done_and_verified(r)
+    # what the check prevents: without it, both cheaters score far above the honest tiny system
+    # (which they equal when they are not differentiated)
+    import arena.match
+
+    monkeypatch.setattr(arena.match, "replay_problem", lambda ledger: None)
+    blind = execute(sniffers_tournament(), str(tmp_path / "blind.db"), registry)
+    score = {(b["restorer"], b["defense"], b["threat"]): b["robust_psnr"] for b in leaderboard(blind)}
+    honest = score[("tiny", "none", "adaptive")]
+    assert score[("tiny", "cheat_grad_sniffer", "adaptive")] > honest + 1, score
+    assert score[("cheat_grad_sniffer_restorer", "none", "oblivious")] > score[("tiny", "none", "oblivious")] + 1, score
+
+
+def test_21_which_evaluations_are_replayed_is_a_uniform_sample_after_the_first():
+    from collections import Counter
+
+    from arena.threat import REPLAYS, Ledger
+
+    calls, kept = 50, Counter()
+    for _ in range(2000):
+        ledger = Ledger()
+        for i in range(calls):
+            slot = ledger.replay_slot()
+            if slot is not None:
+                ledger.keep(slot, (i,))
+        chosen = [e[0] for e in ledger.replays]
+        assert len(chosen) == len(set(chosen)) == REPLAYS and chosen[0] == 0  # the first, always
+        kept.update(chosen[1:])
+    expected = 2000 * (REPLAYS - 1) / (calls - 1)  # every later call equally likely (about 122)
+    assert set(kept) == set(range(1, calls))
+    assert all(0.5 * expected < kept[i] < 1.6 * expected for i in range(1, calls)), kept
