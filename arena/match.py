@@ -22,8 +22,8 @@ from arena.api import MAX_ROUNDS, Attack, RuleViolation, SystemFault
 from arena.data import UDCData
 from arena.metrics import psnr, ssim
 from arena.plan import Match
-from arena.threat import (Ledger, SceneRender, System, attacks_defense, is_scene, make_target,
-                          patch_area, verify)
+from arena.threat import (REPLAY_ATOL, Ledger, SceneRender, System, attacks_defense, is_scene,
+                          make_target, patch_area, verify)
 
 #: dB by which a fresh system's score of a stored adversarial batch may differ from the warm
 #: worker's before the system is disqualified as stateful (float noise is ~1e-5 dB).
@@ -329,8 +329,6 @@ def replay_problem(ledger) -> str | None:
     differentiated (``torch.is_grad_enabled()``, ``x.requires_grad``) misleads every gradient
     attack and is scored on what it computes otherwise. Which calls are replayed is drawn from
     the operating system's entropy (arena.threat.REPLAYS), so the system cannot know."""
-    from arena.threat import REPLAY_ATOL
-
     for system, x, state, rows, out in ledger.replays:
         try:
             with torch.no_grad():

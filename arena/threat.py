@@ -473,7 +473,8 @@ class Target(QueryTarget):
         def run():
             y = self._input(x, rows)
             g = self._draw() if attacks_defense(self.threat) else None
-            slot = self._ledger.replay_slot()
+            # only differentiated evaluations are worth replaying (mean_loss runs without gradients)
+            slot = self._ledger.replay_slot() if torch.is_grad_enabled() or x.requires_grad else None
             if slot is not None:  # what this evaluation saw, to replay it without gradients
                 seen = (y.detach().clone(), None if g is None else g.get_state())
             if g is not None:
